@@ -1,0 +1,125 @@
+"""The DiTTA engine: pure torch/numpy, no ROS. Public names are re-exported here.
+
+Re-exports are resolved lazily (PEP 562), so ``import ditta_ros.engine.errors`` or
+``from ditta_ros.engine import Phase`` does not load torch, transformers or sam2 until a
+name that needs them is used.
+
+Typical use::
+
+    from ditta_ros.config import DittaConfig
+    from ditta_ros.engine import Session, build_model, build_sam2_teacher
+
+    config = DittaConfig()
+    session = Session(build_model(config.model), build_sam2_teacher(config.teacher),
+                      config)
+    result = session.push(frame)          # (H, W, 3) uint8 BGR -> Result
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module (relative to this package) that defines it
+_EXPORTS: dict[str, str] = {
+    # errors and typed values
+    "DittaError": "errors", "ConfigError": "errors", "CheckpointError": "errors",
+    "InputError": "errors", "AdaptationError": "errors", "CancelledError": "errors",
+    "Phase": "types", "Source": "types", "Result": "types", "Prompt": "types",
+    "Targets": "types", "Teacher": "types", "StepLosses": "types",
+    "StepCallback": "types", "SessionStatus": "types",
+    # model and checkpoints
+    "DittaModel": "model", "build_model": "checkpoints", "save_model": "checkpoints",
+    "save_adaptation": "checkpoints", "load_adaptation": "checkpoints",
+    "convert_mmseg_checkpoint": "checkpoints",
+    # stages A-D
+    "prepare": "preprocess", "to_frame_size": "preprocess", "check_frame": "preprocess",
+    "reliability": "reliability", "labels_and_reliability": "reliability",
+    "iss_labels": "reliability",
+    "MaskPropagator": "teacher", "PropagationTeacher": "teacher",
+    "SAM2Teacher": "teacher", "build_sam2_teacher": "teacher",
+    "adapt": "adapt",
+    "fuse": "fusion", "StreamPredictor": "fusion", "FrameOutput": "fusion",
+    "predict_clip": "fusion", "clip_output": "fusion",
+    # streaming, offline runs, metrics
+    "Session": "session",
+    "warmup_length": "runner", "run_w2f": "runner", "W2FRun": "runner",
+    "W2FFrame": "runner", "W2FSummary": "runner",
+    "ConfusionMatrix": "metrics", "VideoConsistency": "metrics",
+    "vspw_ground_truth": "metrics",
+}
+
+# a literal list, so that linters see the re-exports (kept equal to _EXPORTS' keys)
+__all__ = [
+    "AdaptationError", "CancelledError", "CheckpointError", "ConfigError", "ConfusionMatrix",
+    "DittaError", "DittaModel", "FrameOutput", "InputError", "MaskPropagator", "Phase", "Prompt",
+    "PropagationTeacher", "Result", "SAM2Teacher", "Session", "SessionStatus", "Source",
+    "StepCallback", "StepLosses", "StreamPredictor", "Targets", "Teacher", "VideoConsistency",
+    "W2FFrame", "W2FRun", "W2FSummary", "adapt", "build_model", "build_sam2_teacher",
+    "check_frame", "clip_output", "convert_mmseg_checkpoint", "fuse", "iss_labels",
+    "labels_and_reliability", "load_adaptation", "predict_clip", "prepare", "reliability",
+    "run_w2f", "save_adaptation", "save_model", "to_frame_size", "vspw_ground_truth",
+    "warmup_length",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value          # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # static re-exports for type checkers and IDEs
+    from ditta_ros.engine.adapt import adapt
+    from ditta_ros.engine.checkpoints import (
+        build_model,
+        convert_mmseg_checkpoint,
+        load_adaptation,
+        save_adaptation,
+        save_model,
+    )
+    from ditta_ros.engine.errors import (
+        AdaptationError,
+        CancelledError,
+        CheckpointError,
+        ConfigError,
+        DittaError,
+        InputError,
+    )
+    from ditta_ros.engine.fusion import (
+        FrameOutput,
+        StreamPredictor,
+        clip_output,
+        fuse,
+        predict_clip,
+    )
+    from ditta_ros.engine.metrics import ConfusionMatrix, VideoConsistency, vspw_ground_truth
+    from ditta_ros.engine.model import DittaModel
+    from ditta_ros.engine.preprocess import check_frame, prepare, to_frame_size
+    from ditta_ros.engine.reliability import iss_labels, labels_and_reliability, reliability
+    from ditta_ros.engine.runner import W2FFrame, W2FRun, W2FSummary, run_w2f, warmup_length
+    from ditta_ros.engine.session import Session
+    from ditta_ros.engine.teacher import (
+        MaskPropagator,
+        PropagationTeacher,
+        SAM2Teacher,
+        build_sam2_teacher,
+    )
+    from ditta_ros.engine.types import (
+        Phase,
+        Prompt,
+        Result,
+        SessionStatus,
+        Source,
+        StepCallback,
+        StepLosses,
+        Targets,
+        Teacher,
+    )

@@ -1,0 +1,162 @@
+"""ISS input preprocessing and the way back to frame size (ALGORITHM.md, "Input preprocessing").
+
+The reference prepares the ISS input from an 8-bit BGR image with OpenCV: an
+aspect-preserving fit (round half up), a second resize that rounds each side *up* to a
+multiple of 32, both bilinear on uint8, and only then the float conversion, BGR -> RGB and
+ImageNet normalisation. Resizing in float (torch, PIL) gives different input tensors and
+different numbers, so this module keeps the uint8 OpenCV path.
+
+Outputs travel back the same way in reverse: logits at 1/4 of the network input are
+upsampled bilinearly (align_corners False) to the network input size, then to the frame size.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ditta_ros.engine.errors import InputError
+
+# ImageNet statistics on the 0-255 scale, in RGB order (mmseg's SegFormer pipeline).
+MEAN_RGB = np.array([123.675, 116.28, 103.53], dtype=np.float32)
+STD_RGB = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+# The reference normalises with OpenCV's scalar arithmetic on a float32 image: the mean is
+# subtracted in float32, then the image is multiplied by 1/std (float64) with a float64
+# product rounded back to float32. Dividing by std, or multiplying in float32, differs in
+# the last bit for some pixels; this reproduces OpenCV's numbers exactly.
+_INV_STD_RGB = 1.0 / np.array([58.395, 57.12, 57.375], dtype=np.float64)
+
+DEFAULT_FIT_LONG = 853
+DEFAULT_FIT_SHORT = 480
+ALIGN_MULTIPLE = 32
+
+
+def check_frame(frame: object) -> None:
+    """Raise InputError unless ``frame`` is an (H, W, 3) uint8 numpy array with H, W >= 1.
+
+    Conversions (mono, BGRA, other encodings) are the caller's job, e.g. the node's.
+    """
+    expected = "expected a numpy array of shape (H, W, 3), dtype uint8 (8-bit BGR), H, W >= 1"
+    if not isinstance(frame, np.ndarray):
+        raise InputError(f"frame is a {type(frame).__name__}; {expected}")
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise InputError(
+            f"frame has shape {tuple(frame.shape)}; {expected} (convert mono or 4-channel "
+            "images to 3-channel BGR first)")
+    if frame.dtype != np.uint8:
+        raise InputError(
+            f"frame has dtype {frame.dtype}; {expected} (scale and convert to uint8 first)")
+    if frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise InputError(f"frame is empty, shape {tuple(frame.shape)}; {expected}")
+
+
+def fit_size(height: int, width: int, fit_long: int = DEFAULT_FIT_LONG,
+             fit_short: int = DEFAULT_FIT_SHORT) -> tuple[int, int]:
+    """Step 2: the aspect-preserving fit; returns (new height, new width).
+
+    scale = min(fit_long / long side, fit_short / short side) (frames smaller than the fit
+    size are enlarged, as in the reference); new side = int(side * scale + 0.5).
+    """
+    if height < 1 or width < 1:
+        raise InputError(f"cannot fit a frame of size {height} x {width}: both sides must be >= 1")
+    if fit_long < 1 or fit_short < 1:
+        raise InputError(f"fit size {fit_long} x {fit_short} must be positive")
+    long_side, short_side = max(height, width), min(height, width)
+    scale = min(fit_long / long_side, fit_short / short_side)
+    # Deliberate deviation for degenerate frames only (e.g. 1 x 5000): the reference would
+    # produce a side of 0 and crash in OpenCV; we keep at least one pixel.
+    new_h = max(int(height * scale + 0.5), 1)
+    new_w = max(int(width * scale + 0.5), 1)
+    return new_h, new_w
+
+
+def align_size(height: int, width: int, multiple: int = ALIGN_MULTIPLE) -> tuple[int, int]:
+    """Step 3: round each side up to the next multiple of ``multiple``."""
+    if multiple < 1:
+        raise InputError(f"alignment multiple must be >= 1, got {multiple}")
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def input_size(height: int, width: int, fit_long: int = DEFAULT_FIT_LONG,
+               fit_short: int = DEFAULT_FIT_SHORT) -> tuple[int, int]:
+    """The network input size (Hin, Win) for a frame of size (height, width)."""
+    return align_size(*fit_size(height, width, fit_long, fit_short))
+
+
+def _resize_uint8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == hw:
+        return image
+    # cv2 takes (width, height); bilinear on uint8 is OpenCV's fixed-point path.
+    return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def resize_frame(frame_bgr: np.ndarray, fit_long: int = DEFAULT_FIT_LONG,
+                 fit_short: int = DEFAULT_FIT_SHORT) -> np.ndarray:
+    """Steps 2-3 on the uint8 image: (H, W, 3) uint8 -> (Hin, Win, 3) uint8, still BGR."""
+    check_frame(frame_bgr)
+    fitted = _resize_uint8(frame_bgr, fit_size(frame_bgr.shape[0], frame_bgr.shape[1],
+                                               fit_long, fit_short))
+    return _resize_uint8(fitted, align_size(fitted.shape[0], fitted.shape[1]))
+
+
+def normalize(image_bgr: np.ndarray) -> np.ndarray:
+    """Step 4: (h, w, 3) uint8 BGR -> (3, h, w) float32 RGB, (x - mean) * (1 / std).
+
+    Matches OpenCV's cvtColor + subtract + multiply on the float32 image bit for bit.
+    """
+    rgb = image_bgr[..., ::-1].astype(np.float32)           # (h, w, 3) RGB
+    rgb -= MEAN_RGB
+    chw = rgb.transpose(2, 0, 1)                            # (3, h, w) view
+    out = np.empty(chw.shape, dtype=np.float32)
+    np.multiply(chw, _INV_STD_RGB[:, None, None], out=out, casting="same_kind")
+    return out
+
+
+def prepare(frame_bgr: np.ndarray, fit_long: int = DEFAULT_FIT_LONG,
+            fit_short: int = DEFAULT_FIT_SHORT) -> np.ndarray:
+    """(H, W, 3) uint8 BGR frame -> (3, Hin, Win) float32 normalised RGB network input.
+
+    Raises InputError for anything that is not an (H, W, 3) uint8 array.
+    """
+    return normalize(resize_frame(frame_bgr, fit_long, fit_short))
+
+
+def prepare_batch(frames: Sequence[np.ndarray], fit_long: int = DEFAULT_FIT_LONG,
+                  fit_short: int = DEFAULT_FIT_SHORT,
+                  device: torch.device | str | None = None) -> Tensor:
+    """Several frames of one size -> a (B, 3, Hin, Win) float32 tensor on ``device``."""
+    if len(frames) == 0:
+        raise InputError("prepare_batch needs at least one frame, got none")
+    for frame in frames:
+        check_frame(frame)
+    size = frames[0].shape[:2]
+    for i, frame in enumerate(frames):
+        if frame.shape[:2] != size:
+            raise InputError(
+                f"frame {i} has size {frame.shape[0]} x {frame.shape[1]} but frame 0 has "
+                f"{size[0]} x {size[1]}; a batch needs frames of one size")
+    batch = np.stack([prepare(f, fit_long, fit_short) for f in frames])  # (B, 3, Hin, Win)
+    return torch.from_numpy(batch).to(device)
+
+
+def to_frame_size(logits: Tensor, input_hw: tuple[int, int],
+                  frame_hw: tuple[int, int]) -> Tensor:
+    """(B, C, h, w) -> bilinear to the network input size -> bilinear to the frame size.
+
+    Both steps use align_corners False, as the reference does; returns (B, C, H, W). A step
+    whose target equals its source size is skipped (it would be the identity).
+    """
+    if logits.dim() != 4:
+        raise InputError(f"to_frame_size expects (B, C, h, w) logits, got shape "
+                         f"{tuple(logits.shape)}")
+    out = logits
+    for hw in (tuple(input_hw), tuple(frame_hw)):
+        if tuple(out.shape[-2:]) != hw:
+            out = F.interpolate(out, size=(int(hw[0]), int(hw[1])), mode="bilinear",
+                                align_corners=False)
+    return out

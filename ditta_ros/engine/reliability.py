@@ -1,0 +1,112 @@
+"""Stage A: ISS labels and per-pixel reliability (ALGORITHM.md, "Stage A").
+
+On the warm-up frames the frozen ISS model, in eval mode, labels every pixel with the argmax
+of its plain-branch probabilities P at the original frame resolution, and scores it with
+
+    E(p) = -sum_c P(c, p) log P(c, p)          (plain log, float32)
+    R(p) = 1 - E(p) / max_frame E               (no minimum subtracted)
+
+so R = 0 at the least confident pixel of the frame and R = 1 only where E = 0. Stage D uses
+the same reliability for each branch of the adapted model.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ditta_ros.config import ModelConfig
+from ditta_ros.engine.errors import CancelledError, InputError
+from ditta_ros.engine.preprocess import check_frame, prepare, to_frame_size
+
+if TYPE_CHECKING:
+    from ditta_ros.engine.model import DittaModel
+
+
+def entropy(probs: Tensor) -> Tensor:
+    """(B, C, H, W) probabilities -> (B, H, W) float32 entropy -sum_c p log p.
+
+    Computed as the reference does, p * log(p) with torch.log, then summed over classes:
+    torch.special.xlogy differs from it in the last bit for some pixels, and reliabilities
+    feed exact comparisons (threshold, peak pixel). Deliberate deviation: 0 log 0 is taken
+    as 0 (its limit) where the reference gets NaN (a float32 softmax underflowing to 0).
+    """
+    if probs.dim() != 4:
+        raise InputError(f"expected (B, C, H, W) probabilities, got shape {tuple(probs.shape)}")
+    p = probs.float()
+    plogp = (p * torch.log(p)).masked_fill(p == 0, 0.0)     # (B, C, H, W)
+    return -plogp.sum(dim=1)                                # (B, H, W)
+
+
+def reliability(probs: Tensor) -> Tensor:
+    """(B, C, H, W) probabilities -> (B, H, W) float32 R = 1 - E / max_frame(E).
+
+    The maximum is taken per frame (per batch element). A frame whose entropy is 0
+    everywhere (every pixel certain) has R = 1 everywhere instead of 0/0.
+    """
+    e = entropy(probs)                                      # (B, H, W)
+    e_max = e.amax(dim=(1, 2), keepdim=True)                # (B, 1, 1)
+    # Where the whole frame has zero entropy, divide by 1: E / 1 = 0, so R = 1.
+    safe_max = torch.where(e_max > 0, e_max, torch.ones_like(e_max))
+    return 1.0 - e / safe_max
+
+
+def labels_and_reliability(probs: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, C, H, W) probabilities -> labels (B, H, W) int64, reliability (B, H, W) float32.
+
+    Labels are the argmax over classes; on ties the lowest class index wins (torch.argmax
+    returns the first maximal index).
+    """
+    rel = reliability(probs)
+    labels = probs.argmax(dim=1)                            # (B, H, W) int64
+    return labels, rel
+
+
+def iss_labels(model: DittaModel, frames: Sequence[np.ndarray], model_config: ModelConfig,
+               device: torch.device | str, cancel: threading.Event | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Stage A on warm-up frames: (T, H, W) int64 labels and (T, H, W) float32 reliabilities.
+
+    frames: T frames, (H, W, 3) uint8 BGR, all of one size. The model runs in eval mode
+    under inference mode, plain branch only (``model.iss.forward_features``), one frame at a
+    time (the full-resolution probabilities of one frame are C x H x W floats). The model's
+    train/eval mode is restored afterwards. ``cancel``, when set, stops between frames with
+    CancelledError.
+    """
+    if len(frames) == 0:
+        raise InputError("stage A needs at least one warm-up frame, got none")
+    for frame in frames:
+        check_frame(frame)
+    height, width = frames[0].shape[:2]
+    for i, frame in enumerate(frames):
+        if frame.shape[:2] != (height, width):
+            raise InputError(
+                f"warm-up frame {i} is {frame.shape[0]} x {frame.shape[1]} but frame 0 is "
+                f"{height} x {width}; all warm-up frames must have one size (restart the "
+                "warm-up when the resolution changes)")
+    labels = np.empty((len(frames), height, width), dtype=np.int64)
+    rel = np.empty((len(frames), height, width), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for t, frame in enumerate(frames):
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError(f"stage A cancelled at warm-up frame {t}")
+                x = torch.from_numpy(prepare(frame, model_config.fit_long,
+                                             model_config.fit_short))
+                x = x.unsqueeze(0).to(device)                       # (1, 3, Hin, Win)
+                _, logits = model.iss.forward_features(x)           # (1, C, Hin/4, Win/4)
+                logits = to_frame_size(logits.float(), (x.shape[2], x.shape[3]),
+                                       (height, width))             # (1, C, H, W)
+                probs = torch.softmax(logits, dim=1)
+                y, r = labels_and_reliability(probs)                # (1, H, W) each
+                labels[t] = y[0].cpu().numpy()
+                rel[t] = r[0].cpu().numpy()
+    finally:
+        model.train(was_training)
+    return labels, rel

@@ -1,0 +1,254 @@
+"""SAM2's video predictor as a :class:`~ditta_ros.engine.teacher.MaskPropagator`.
+
+Everything goes through the predictor's public calls (``init_state``, ``reset_state``,
+``add_new_points_or_box``, ``add_new_mask``, ``propagate_in_video``), with two small,
+documented adaptations of how the clip reaches it:
+
+* **Frames from memory.** ``init_state`` only reads a JPEG folder or an MP4 file. For the
+  duration of that one call we put a loader in front of sam2's frame loader that hands our
+  preprocessed tensor to the predictor when (and only when) it is given our clip object;
+  any other caller's video path goes to sam2's own loader unchanged.
+* **Features cached for the whole warm-up clip.** The predictor keeps the image features
+  of the last visited frame only, but stage B revisits every frame (prompt search, resets,
+  forward and backward passes). The inference state we hand back is a ``dict`` subclass
+  whose cache entry accumulates instead of being replaced, so each frame's image encoder
+  runs exactly once per clip. Cost: one frame's features per warm-up frame, dropped in
+  :meth:`SAM2Propagator.release`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ditta_ros.config import TeacherConfig
+from ditta_ros.engine.errors import AdaptationError, CheckpointError, ConfigError, InputError
+from ditta_ros.engine.teacher import ObjectMasks
+
+SAM2_MEAN = (0.485, 0.456, 0.406)
+SAM2_STD = (0.229, 0.224, 0.225)
+
+_LOADER_LOCK = threading.Lock()
+
+
+def sam2_input(frame_bgr: np.ndarray, image_size: int) -> np.ndarray:
+    """One frame as SAM2 sees it: (H, W, 3) uint8 BGR -> (3, S, S) float32.
+
+    RGB, squashed to S x S with PIL bicubic (aspect not kept), /255, then normalised with
+    ImageNet mean/std (ALGORITHM.md, "What SAM2 sees").
+    """
+    if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+        raise InputError(f"SAM2 frames must be (H, W, 3) uint8 BGR, got shape "
+                         f"{frame_bgr.shape} dtype {frame_bgr.dtype}")
+    rgb = Image.fromarray(np.ascontiguousarray(frame_bgr[:, :, ::-1]))
+    resized = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    # /255 in float64 then float32, as sam2's own loader does.
+    scaled = (np.asarray(resized, dtype=np.float64) / 255.0).astype(np.float32)  # (S, S, 3)
+    mean = np.asarray(SAM2_MEAN, dtype=np.float32)
+    std = np.asarray(SAM2_STD, dtype=np.float32)
+    return np.ascontiguousarray(((scaled - mean) / std).transpose(2, 0, 1))  # (3, S, S)
+
+
+class _InMemoryClip:
+    """The object our loader recognises as "this clip" inside ``init_state``."""
+
+    def __init__(self, images: torch.Tensor, height: int, width: int) -> None:
+        self.images = images  # (T, 3, S, S) float32 on the compute device
+        self.height = height
+        self.width = width
+
+
+class _ClipState(dict[str, Any]):
+    """SAM2 inference state whose image-feature cache keeps every frame of the clip.
+
+    The predictor replaces ``state["cached_features"]`` with a one-frame dict on every
+    cache miss; here that assignment merges into the existing cache instead.
+    """
+
+    _CACHE_KEY = "cached_features"
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key == self._CACHE_KEY and key in self and isinstance(value, dict):
+            dict.__getitem__(self, key).update(value)
+            return
+        super().__setitem__(key, value)
+
+
+@contextlib.contextmanager
+def _in_memory_loader(clip: _InMemoryClip) -> Iterator[None]:
+    """While active, sam2's video predictor loads ``clip`` from memory (see module doc)."""
+    import sam2.sam2_video_predictor as video_module
+
+    with _LOADER_LOCK:
+        original = video_module.load_video_frames
+
+        def load(video_path: Any, **kwargs: Any) -> Any:
+            if video_path is clip:
+                return clip.images, clip.height, clip.width
+            return original(video_path=video_path, **kwargs)
+
+        video_module.load_video_frames = load
+        try:
+            yield
+        finally:
+            video_module.load_video_frames = original
+
+
+class SAM2Propagator:
+    """:class:`MaskPropagator` on a ``SAM2VideoPredictor``.
+
+    Runs under ``torch.inference_mode``; bfloat16 autocast on CUDA, float32 elsewhere.
+    Point prompts are (col, row) in original-frame pixels, label 1, with SAM2's coordinate
+    normalisation (no +0.5). Masks are SAM2's logits at frame size, thresholded at > 0.
+    """
+
+    def __init__(self, predictor: Any, device: torch.device | str | None = None) -> None:
+        model_device = torch.device(predictor.device)
+        if device is not None and not _same_device(torch.device(device), model_device):
+            raise ConfigError(f"the SAM2 predictor lives on {model_device} but the teacher "
+                              f"was asked to run on {device}; build it on that device")
+        self.predictor = predictor
+        self.device = model_device
+        self._state: _ClipState | None = None
+
+    # -- MaskPropagator ------------------------------------------------------------------
+    def start(self, frames: Sequence[np.ndarray]) -> None:
+        self.release()
+        if not frames:
+            raise InputError("SAM2 needs at least one warm-up frame")
+        height, width = frames[0].shape[:2]
+        size = int(self.predictor.image_size)
+        batch = np.stack([sam2_input(f, size) for f in frames])  # (T, 3, S, S)
+        clip = _InMemoryClip(torch.from_numpy(batch).to(self.device), height, width)
+        with self._context(), _in_memory_loader(clip):
+            state = self.predictor.init_state(clip)
+        self._state = _ClipState(state)
+
+    def reset(self) -> None:
+        with self._context():
+            self.predictor.reset_state(self._need_state())
+
+    def add_point(self, frame: int, object_id: int, row: int, col: int) -> ObjectMasks:
+        points = torch.tensor([[float(col), float(row)]], dtype=torch.float32)  # (1, 2) x, y
+        labels = torch.tensor([1], dtype=torch.int32)
+        with self._context():
+            _, ids, logits = self.predictor.add_new_points_or_box(
+                self._need_state(), frame_idx=frame, obj_id=object_id, points=points,
+                labels=labels, clear_old_points=True, normalize_coords=True)
+        return _to_masks(ids, logits)
+
+    def add_mask(self, frame: int, object_id: int, mask: np.ndarray) -> ObjectMasks:
+        with self._context():
+            _, ids, logits = self.predictor.add_new_mask(
+                self._need_state(), frame_idx=frame, obj_id=object_id,
+                mask=torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)))
+        return _to_masks(ids, logits)
+
+    def propagate(self, frame: int, reverse: bool) -> ObjectMasks:
+        target = frame - 1 if reverse else frame + 1
+        found: ObjectMasks | None = None
+        with self._context():
+            # SAM2's own propagation, one frame at a time: the first output is ``frame``
+            # again, the second is the next frame.
+            for index, ids, logits in self.predictor.propagate_in_video(
+                    self._need_state(), start_frame_idx=frame, max_frame_num_to_track=1,
+                    reverse=reverse):
+                if index == target:
+                    found = _to_masks(ids, logits)
+        if found is None:
+            raise AdaptationError(f"SAM2 did not propagate from frame {frame} to {target}")
+        return found
+
+    def release(self) -> None:
+        self._state = None
+
+    # -- helpers -------------------------------------------------------------------------
+    def cached_frames(self) -> list[int]:
+        """Frames whose image features are cached for the current clip."""
+        state = self._need_state()
+        return sorted(state.get("cached_features", {}))
+
+    def _need_state(self) -> _ClipState:
+        if self._state is None:
+            raise AdaptationError("SAM2 propagator used before start(frames)")
+        return self._state
+
+    @contextlib.contextmanager
+    def _context(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            if self.device.type == "cuda":
+                stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+            yield
+
+
+def _to_masks(ids: Sequence[int], logits: torch.Tensor) -> ObjectMasks:
+    """SAM2 output (K, 1, H, W) logits at frame size -> ObjectMasks (logit > 0)."""
+    masks = (logits > 0).squeeze(1).cpu().numpy()  # (K, H, W) bool
+    return ObjectMasks(tuple(int(i) for i in ids), masks)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (a.index if a.index is not None else current) == (
+        b.index if b.index is not None else current)
+
+
+def teacher_device(config: TeacherConfig, device: torch.device | str | None) -> torch.device:
+    """SAM2's device: ``config.device`` if set, else ``device``, else the CPU."""
+    if config.device:
+        return torch.device(config.device)
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def build_sam2_predictor(config: TeacherConfig, device: torch.device | str) -> Any:
+    """SAM2's video predictor via ``sam2.build_sam.build_sam2_video_predictor``.
+
+    ``config.sam2_checkpoint`` is a local ``.pt`` path; empty gives random weights drawn
+    after ``torch.manual_seed(config.seed)`` (the global RNG is left as it was). The image
+    size is overridden to ``config.image_size``; SAM2's default post-processing is kept.
+    """
+    from hydra.errors import MissingConfigException
+    from sam2.build_sam import build_sam2_video_predictor
+
+    checkpoint: str | None = None
+    if config.sam2_checkpoint:
+        path = Path(config.sam2_checkpoint).expanduser()
+        if not path.is_file():
+            raise CheckpointError(
+                f"SAM2 checkpoint {path} does not exist. Download the checkpoint that matches "
+                f"teacher.sam2_config ({config.sam2_config}, e.g. sam2_hiera_large.pt) on a "
+                f"machine with internet access, copy it here and set teacher.sam2_checkpoint "
+                f"to its path (empty = random weights, tests only).")
+        checkpoint = str(path)
+    overrides = [f"++model.image_size={config.image_size}"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        try:
+            predictor = build_sam2_video_predictor(
+                config.sam2_config, checkpoint, device=str(torch.device(device)),
+                hydra_overrides_extra=overrides)
+        except MissingConfigException as exc:
+            raise ConfigError(
+                f"teacher.sam2_config {config.sam2_config!r} is not a config of the installed "
+                f"sam2 package (e.g. configs/sam2.1/sam2.1_hiera_l.yaml)") from exc
+        except Exception as exc:  # sam2 raises bare RuntimeError/KeyError/unpickling errors
+            if checkpoint is None:
+                raise
+            raise CheckpointError(
+                f"SAM2 checkpoint {checkpoint} could not be loaded into "
+                f"{config.sam2_config} ({type(exc).__name__}: {exc}). Check that the file is "
+                f"a complete SAM2 checkpoint for that config (a dict with a 'model' state "
+                f"dict) or pick the matching teacher.sam2_config.") from exc
+    return predictor

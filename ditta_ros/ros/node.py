@@ -1,0 +1,593 @@
+"""ditta_node: the lifecycle node that serves DiTTA labels for a camera stream.
+
+Data path (docs/ARCHITECTURE.md): camera message -> ``image`` decode -> ``Session.push`` ->
+``Result`` -> label, colour, overlay and confidence images with the input's header.
+
+Lifecycle (ros2/demos lifecycle_py style, one job per callback):
+- configure: parameters -> frozen configs, device check, class list, model + SAM2 + session,
+  optional saved adaptation; publishers, timers. Any failure -> FAILURE with one log line
+  naming the parameter, the value and the fix; nothing loaded stays behind.
+- activate: label info (transient local), then the image subscription and the worker.
+- deactivate: stop the subscription and the worker; the session (and its adaptation) stays.
+- cleanup: free the session and models (CUDA cache too); shutdown: deactivate + cleanup.
+
+Threads: the subscription callback only hands the message to a latest-frame-wins slot; one
+worker thread decodes, pushes and publishes; the session adapts in its own background
+thread; services run in a reentrant group, so they answer while the model runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+
+from ditta_ros.config import DittaConfig, NodeConfig
+from ditta_ros.engine.errors import ConfigError, DittaError, InputError
+from ditta_ros.engine.types import Phase, SessionStatus, Source
+from ditta_ros.labels import ClassSet, colorize, load_classes
+from ditta_ros.msg import AdaptationStatus
+from ditta_ros.ros import outputs
+from ditta_ros.ros.image import Decoded, compressed_to_frame, image_to_frame
+from ditta_ros.ros.parameters import build_configs, declare_parameters, read_values, spec_by_name
+from ditta_ros.ros.worker import FrameStats, LatestSlot, RateLimitedLog, Worker, reason_kind
+
+StatusCallback = Callable[[SessionStatus], None]
+
+
+class LoadedSession(NamedTuple):
+    """What configure loads: the engine session and the number of classes its model has."""
+
+    session: Any          # ditta_ros.engine.session.Session (or the same interface)
+    num_classes: int
+
+
+SessionFactory = Callable[[DittaConfig, StatusCallback], LoadedSession]
+
+
+def _named(parameter: str, value: object, err: DittaError) -> DittaError:
+    """The same error type with the parameter and its value in front of the message."""
+    return type(err)(f"parameter '{parameter}' = {value!r}: {err}")
+
+
+def check_device(parameter: str, name: str) -> torch.device:
+    """A usable torch device or ConfigError naming the parameter and the fix."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"parameter '{parameter}' = {name!r} is not a torch device ({err}); "
+                          "use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"parameter '{parameter}' = {name!r}, but CUDA is not available "
+                              f"on this machine; set {parameter}:=cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"parameter '{parameter}' = {name!r}, but this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s); pick one of them")
+    elif device.type != "cpu":
+        raise ConfigError(f"parameter '{parameter}' = {name!r}: only cpu and cuda devices are "
+                          "supported")
+    return device
+
+
+def default_session_factory(config: DittaConfig, on_status: StatusCallback) -> LoadedSession:
+    """The real thing: SegFormer + DiTTA head, the SAM2 teacher, a streaming Session."""
+    from ditta_ros.engine.checkpoints import build_model
+    from ditta_ros.engine.session import Session
+    from ditta_ros.engine.teacher import build_sam2_teacher
+
+    try:
+        model = build_model(config.model, window_radius=config.fusion.window_radius)
+    except DittaError as err:
+        raise _named("model.checkpoint", config.model.checkpoint, err) from err
+    try:
+        teacher = build_sam2_teacher(config.teacher, config.model.device,
+                                     num_classes=model.num_classes)
+    except DittaError as err:
+        raise _named("teacher.sam2_checkpoint (with teacher.sam2_config "
+                     f"{config.teacher.sam2_config!r})", config.teacher.sam2_checkpoint,
+                     err) from err
+    return LoadedSession(Session(model, teacher, config, on_status), int(model.num_classes))
+
+
+def _output_qos(node: NodeConfig) -> QoSProfile:
+    reliability = (ReliabilityPolicy.RELIABLE if node.output_reliability == "reliable"
+                   else ReliabilityPolicy.BEST_EFFORT)
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=node.output_depth,
+                      reliability=reliability, durability=DurabilityPolicy.VOLATILE)
+
+
+def _input_qos(node: NodeConfig) -> QoSProfile:
+    """The sensor-data profile (best effort, volatile) with configurable reliability/depth."""
+    reliability = (ReliabilityPolicy.RELIABLE if node.input_reliability == "reliable"
+                   else ReliabilityPolicy.BEST_EFFORT)
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=node.input_depth,
+                      reliability=reliability, durability=qos_profile_sensor_data.durability)
+
+
+STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=20,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class DittaNode(LifecycleNode):
+    """The DiTTA lifecycle node. ``session_factory`` replaces model loading (tests only)."""
+
+    def __init__(self, node_name: str = "ditta_node", *,
+                 session_factory: SessionFactory | None = None, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._factory = session_factory or default_session_factory
+        self._lock = threading.RLock()           # guards the fields set in configure/cleanup
+        self._lifecycle = "unconfigured"
+        self._session: Any = None
+        self._num_classes = 0
+        self._engine_cfg: DittaConfig | None = None
+        self._node_cfg: NodeConfig | None = None
+        self._classes: ClassSet | None = None
+        self._names: tuple[str, ...] = ()
+        self._out_pubs: dict[str, Any] = {}
+        self._periodic: list[Any] = []
+        self._subscription: Any = None
+        self._worker: Worker[tuple[Any, float]] | None = None
+        self._slot: LatestSlot[tuple[Any, float]] = LatestSlot()
+        self._stats = FrameStats()
+        self._log_limit = RateLimitedLog(period=5.0)
+        self._last_phase: Phase | None = None
+        self._serving: Source | None = None
+        self._last_size: tuple[int, int] | None = None
+        self._resolution_changes = 0
+        self._rejected_at_last_report = 0
+        self._phase_lock = threading.Lock()
+        self._param_problems = declare_parameters(self)
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = ReentrantCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._status_pub = self.create_publisher(AdaptationStatus, "~/status", STATUS_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        for name, handler in (("~/adapt", self._srv_adapt), ("~/reset", self._srv_reset),
+                              ("~/save_adaptation", self._srv_save),
+                              ("~/load_adaptation", self._srv_load)):
+            self.create_service(Trigger, name, handler, callback_group=self._service_group)
+        self.publish_status()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._load()
+        except DittaError as err:
+            self.get_logger().error(f"configure failed: {err}")
+            self._unload()
+            self.publish_status(f"configure failed: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self._set_lifecycle("inactive")
+        self.get_logger().info(f"configured: {self._num_classes} classes, {self._describe()}")
+        return super().on_configure(state)
+
+    def _describe(self) -> str:
+        engine, node, classes = self._engine_cfg, self._node_cfg, self._classes
+        if engine is None or node is None or classes is None:
+            return "not configured"
+        return (f"class set {classes.name!r}, device {engine.model.device}, transport "
+                f"{node.transport}, warm-up {engine.adaptation.warmup_frames} frames")
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)            # enables the lifecycle publishers
+        node_cfg = self._node_cfg
+        if node_cfg is None:  # the lifecycle only activates a configured node
+            return TransitionCallbackReturn.FAILURE
+        header = Header()
+        header.stamp = self.get_clock().now().to_msg()
+        self._out_pubs["label_info"].publish(outputs.label_info(self._names, header))
+        self._slot.clear()
+        worker: Worker[tuple[Any, float]] = Worker(self._slot, self._process, self._worker_error)
+        self._worker = worker
+        worker.start()
+        if node_cfg.transport == "compressed":
+            self._subscription = self.create_subscription(
+                CompressedImage, "image/compressed", self._on_image, _input_qos(node_cfg),
+                callback_group=self._input_group)
+        else:
+            self._subscription = self.create_subscription(
+                Image, "image", self._on_image, _input_qos(node_cfg),
+                callback_group=self._input_group)
+        self._set_lifecycle("active")
+        self.get_logger().info(f"active: listening on {self._subscription.topic_name}")
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_input()
+        self._set_lifecycle("inactive")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._unload()
+        self._set_lifecycle("unconfigured")
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_input()
+        self._unload()
+        self._set_lifecycle("finalized")
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error in state {state.label}: releasing everything")
+        self._stop_input()
+        self._unload()
+        self._set_lifecycle("unconfigured")
+        return TransitionCallbackReturn.SUCCESS
+
+    def autostart_if_requested(self) -> bool:
+        """Configure and activate when the ``autostart`` parameter says so; True if active."""
+        if not self.get_parameter("autostart").value:
+            return False
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            self.get_logger().error("autostart: configure failed (see above); the node stays "
+                                    "unconfigured: fix the parameter and configure again")
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self) -> None:
+        """Everything configure needs, in order; raises DittaError naming the parameter."""
+        if self._param_problems:
+            raise ConfigError("; ".join(self._param_problems.values()))
+        engine_cfg, node_cfg = build_configs(read_values(self))
+        check_device("model.device", engine_cfg.model.device)
+        if engine_cfg.teacher.device:
+            check_device("teacher.device", engine_cfg.teacher.device)
+        try:
+            classes = load_classes(node_cfg.classes)
+        except DittaError as err:
+            raise _named("classes", node_cfg.classes, err) from err
+        loaded = self._factory(engine_cfg, self._on_session_status)
+        with self._lock:
+            self._session, self._num_classes = loaded.session, loaded.num_classes
+            self._engine_cfg, self._node_cfg, self._classes = engine_cfg, node_cfg, classes
+        if classes.num_classes < loaded.num_classes:
+            raise ConfigError(
+                f"parameter 'classes' = {node_cfg.classes!r} names {classes.num_classes} "
+                f"classes but the model predicts {loaded.num_classes}: give a class list with "
+                "at least that many entries")
+        self._names = classes.names[: loaded.num_classes]
+        if node_cfg.adaptation_file:
+            try:
+                loaded.session.load_adaptation(node_cfg.adaptation_file)
+            except DittaError as err:
+                raise _named("adaptation_file", node_cfg.adaptation_file, err) from err
+        self._create_outputs(node_cfg)
+        self._stats.reset()
+        self._last_size, self._resolution_changes = None, 0
+        self._serving = Source.ISS
+        self._last_phase = None
+
+    def _create_outputs(self, node_cfg: NodeConfig) -> None:
+        qos = _output_qos(node_cfg)
+        pubs = self._out_pubs
+        pubs["labels"] = self.create_lifecycle_publisher(Image, "~/labels", qos)
+        pubs["labels_color"] = self.create_lifecycle_publisher(Image, "~/labels_color", qos)
+        pubs["overlay"] = self.create_lifecycle_publisher(Image, "~/overlay", qos)
+        pubs["confidence"] = self.create_lifecycle_publisher(Image, "~/confidence", qos)
+        from vision_msgs.msg import LabelInfo
+
+        pubs["label_info"] = self.create_lifecycle_publisher(LabelInfo, "~/label_info",
+                                                             LATCHED_QOS)
+        self._restart_timers(node_cfg)
+
+    def _restart_timers(self, node_cfg: NodeConfig) -> None:
+        for timer in self._periodic:
+            self.destroy_timer(timer)
+        self._periodic = []
+        if node_cfg.status_rate > 0:
+            self._periodic.append(self.create_timer(1.0 / node_cfg.status_rate,
+                                                  self.publish_status,
+                                                  callback_group=self._timer_group))
+        if node_cfg.diagnostics_rate > 0:
+            self._periodic.append(self.create_timer(1.0 / node_cfg.diagnostics_rate,
+                                                  self.publish_diagnostics,
+                                                  callback_group=self._timer_group))
+
+    def _unload(self) -> None:
+        """Release everything configure made: publishers, timers, session, models."""
+        for timer in self._periodic:
+            self.destroy_timer(timer)
+        self._periodic = []
+        for pub in self._out_pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._out_pubs = {}
+        with self._lock:
+            session, self._session = self._session, None
+            device = self._engine_cfg.model.device if self._engine_cfg else "cpu"
+            self._engine_cfg = self._node_cfg = self._classes = None
+            self._num_classes, self._names, self._serving = 0, (), None
+        if session is not None:
+            session.close()
+            del session
+        gc.collect()
+        if device.startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _stop_input(self) -> None:
+        if self._subscription is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+        worker, self._worker = self._worker, None
+        if worker is not None and not worker.stop(timeout=60.0):
+            self.get_logger().error("the worker thread did not stop within 60 s")
+        left = self._slot.clear()
+        if left is not None:
+            self._stats.dropped()
+
+    def _set_lifecycle(self, label: str) -> None:
+        self._lifecycle = label
+        self.publish_status()
+
+    @property
+    def lifecycle_label(self) -> str:
+        return self._lifecycle
+
+    # ------------------------------------------------------------------ data path
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        """Hand over only: never decode or run the model here."""
+        self._stats.received(dropped_previous=False)
+        if self._slot.put((msg, time.monotonic())) is not None:
+            self._stats.dropped()
+
+    def _process(self, item: tuple[Any, float]) -> None:
+        msg, received = item
+        with self._lock:
+            session, node_cfg, classes = self._session, self._node_cfg, self._classes
+            num_classes = self._num_classes
+        if session is None or node_cfg is None or classes is None:
+            self._stats.dropped()
+            return
+        try:
+            decoded = (compressed_to_frame(msg) if isinstance(msg, CompressedImage)
+                       else image_to_frame(msg))
+            self._note_size(decoded, msg.header.frame_id)
+            result = session.push(decoded.frame, with_reliability=node_cfg.publish_confidence)
+        except InputError as err:
+            self._reject(str(err), msg.header.frame_id)
+            return
+        self._publish_result(msg.header, decoded, result, node_cfg, classes, num_classes)
+        self._stats.processed(time.monotonic() - received, result.inference_s)
+        self._serving = result.source
+
+    def _publish_result(self, header: Any, decoded: Decoded, result: Any, node_cfg: NodeConfig,
+                        classes: ClassSet, num_classes: int) -> None:
+        pubs = self._out_pubs
+        pubs["labels"].publish(outputs.label_image(result.labels, num_classes, header))
+        colours = colorize(result.labels, classes.palette)               # (H, W, 3) RGB
+        pubs["labels_color"].publish(outputs.colour_image(colours, node_cfg.color_encoding,
+                                                          header))
+        if node_cfg.publish_overlay:
+            pubs["overlay"].publish(outputs.overlay_image(
+                decoded.frame, colours, node_cfg.overlay_alpha, node_cfg.color_encoding, header))
+        if node_cfg.publish_confidence and result.reliability is not None:
+            pubs["confidence"].publish(outputs.confidence_image(
+                result.reliability, node_cfg.confidence_encoding, header))
+
+    def _note_size(self, decoded: Decoded, frame_id: str) -> None:
+        """Log a resolution change; the session restarts its warm-up or drops the add-on
+        cache (see engine/session.py), so the frame is still served."""
+        size = (int(decoded.frame.shape[1]), int(decoded.frame.shape[0]))
+        previous, self._last_size = self._last_size, size
+        if previous is None or previous == size:
+            return
+        self._resolution_changes += 1
+        suppressed = self._log_limit.check("resolution")
+        if suppressed is not None:
+            more = f" ({suppressed} more since the last report)" if suppressed else ""
+            self.get_logger().warning(
+                f"resolution changed from {previous[0]}x{previous[1]} to {size[0]}x{size[1]} "
+                f"(frame_id '{frame_id}'): a warm-up restarts, an adapted model drops its "
+                f"previous-frame cache{more}")
+
+    def _reject(self, reason: str, frame_id: str) -> None:
+        self._stats.rejected(reason)
+        suppressed = self._log_limit.check(reason_kind(reason))
+        if suppressed is not None:
+            more = f" ({suppressed} more like it since the last report)" if suppressed else ""
+            total = self._stats.snapshot().rejected
+            self.get_logger().warning(f"rejected frame (frame_id '{frame_id}', {total} rejected "
+                                      f"so far): {reason}{more}")
+
+    def _worker_error(self, err: BaseException) -> None:
+        reason = f"internal error: {type(err).__name__}: {err}"
+        self._stats.rejected(reason)
+        self.get_logger().error(f"frame processing failed: {reason}")
+
+    # ------------------------------------------------------------------ status
+
+    def _on_session_status(self, status: SessionStatus) -> None:
+        """Publish every phase change, from the session's own snapshot (the session calls
+        this in order, once per change), so no phase is skipped however short."""
+        with self._phase_lock:
+            if status.phase is self._last_phase:
+                return
+            self._last_phase = status.phase
+            self.publish_status(status=status)
+
+    def status_message(self, message: str = "", status: SessionStatus | None = None
+                       ) -> AdaptationStatus:
+        """~/status now; ``status``: a session snapshot to report instead of a fresh one."""
+        with self._lock:
+            session = self._session
+        if status is None and session is not None:
+            status = session.status()
+        serving = self._serving if session is not None else None
+        if status is not None and status.phase is Phase.ADAPTED and serving is Source.ISS:
+            serving = Source.ADAPTED  # swapped in since the last frame
+        stamp = self.get_clock().now().to_msg()
+        return outputs.status_message(stamp, self._lifecycle, status, serving,
+                                      self._stats.snapshot(), message)
+
+    def publish_status(self, message: str = "", status: SessionStatus | None = None) -> None:
+        self._status_pub.publish(self.status_message(message, status))
+
+    def publish_diagnostics(self) -> None:
+        counts = self._stats.snapshot()
+        recent = counts.rejected > self._rejected_at_last_report
+        self._rejected_at_last_report = counts.rejected
+        array = outputs.diagnostics_message(self.get_clock().now().to_msg(),
+                                            self.get_fully_qualified_name(),
+                                            self.status_message(), counts, recent)
+        array.status[0].values.append(KeyValue(
+            key="resolution_changes", value=str(self._resolution_changes)))
+        self._diag_pub.publish(array)
+
+    # ------------------------------------------------------------------ services
+
+    def _with_session(self, response: Trigger.Response,
+                      action: Callable[[Any], str]) -> Trigger.Response:
+        with self._lock:
+            session = self._session
+        if session is None:
+            response.success = False
+            response.message = (f"node is {self._lifecycle}: configure it first "
+                                "(lifecycle transition 'configure')")
+            return response
+        try:
+            response.message = action(session)
+            response.success = True
+        except DittaError as err:
+            response.success, response.message = False, str(err)
+        self.get_logger().info(f"service: {response.message}")
+        self.publish_status()
+        return response
+
+    def _srv_adapt(self, request: Trigger.Request, response: Trigger.Response
+                   ) -> Trigger.Response:
+        def run(session: Any) -> str:
+            session.request_adaptation()
+            return "adaptation requested: collecting a new warm-up"
+        return self._with_session(response, run)
+
+    def _srv_reset(self, request: Trigger.Request, response: Trigger.Response
+                   ) -> Trigger.Response:
+        def run(session: Any) -> str:
+            session.reset()
+            self._serving = Source.ISS
+            return "reset: serving the base model, warm-up restarted"
+        return self._with_session(response, run)
+
+    def _adaptation_path(self) -> str:
+        path = str(self.get_parameter("adaptation_file").value)
+        if not path:
+            raise ConfigError("parameter 'adaptation_file' is empty: set it to the file to "
+                              "write or read, e.g. ros2 param set <node> adaptation_file "
+                              "/tmp/ditta_adaptation.pt")
+        return path
+
+    def _srv_save(self, request: Trigger.Request, response: Trigger.Response
+                  ) -> Trigger.Response:
+        def run(session: Any) -> str:
+            path = self._adaptation_path()
+            session.save_adaptation(path)
+            return f"adaptation saved to {path}"
+        return self._with_session(response, run)
+
+    def _srv_load(self, request: Trigger.Request, response: Trigger.Response
+                  ) -> Trigger.Response:
+        def run(session: Any) -> str:
+            path = self._adaptation_path()
+            session.load_adaptation(path)
+            return f"adaptation loaded from {path}"
+        return self._with_session(response, run)
+
+    # ------------------------------------------------------------------ parameters
+
+    def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Refuse configure-time settings while configured, and invalid values always."""
+        specs = spec_by_name()
+        configured = self._lifecycle in ("inactive", "active")
+        for param in params:
+            spec = specs.get(param.name)
+            if spec is not None and configured and not spec.live:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"'{param.name}' is applied at configure: deactivate and clean up "
+                           "the node, set it, then configure again")
+        values = read_values(self) if self._all_declared() else {}
+        values.update({p.name: p.value for p in params if p.name in specs})
+        try:
+            build_configs({k: v for k, v in values.items() if k in specs})
+        except ConfigError as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        return SetParametersResult(successful=True)
+
+    def _all_declared(self) -> bool:
+        return all(self.has_parameter(name) for name in spec_by_name())
+
+    def _apply_parameters(self, params: list[Parameter]) -> None:
+        """Live node settings take effect at once."""
+        with self._lock:
+            if self._node_cfg is None:
+                return
+            _, node_cfg = build_configs(read_values(self))
+            rates_changed = (node_cfg.status_rate != self._node_cfg.status_rate
+                             or node_cfg.diagnostics_rate != self._node_cfg.diagnostics_rate)
+            self._node_cfg = node_cfg
+        if rates_changed:
+            self._restart_timers(node_cfg)
+        names = ", ".join(p.name for p in params)
+        self.get_logger().info(f"parameters applied: {names}")
+
+
+def run(node: DittaNode, executor: MultiThreadedExecutor) -> None:
+    """Spin until shutdown, then finalize the node cleanly."""
+    executor.add_node(node)
+    node.autostart_if_requested()
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node.lifecycle_label != "finalized":
+            node.trigger_shutdown()
+        executor.shutdown(timeout_sec=5.0)
+        node.destroy_node()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ditta_node`` (ros2 run ditta_ros ditta_node --ros-args ...)."""
+    rclpy.init(args=list(argv) if argv is not None else None)
+    try:
+        node = DittaNode()
+        run(node, MultiThreadedExecutor())
+    finally:
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,388 @@
+"""rosbag2 bags (sqlite3 and mcap) read and written with ``rosbags``: no ROS install needed.
+
+Reading: one image topic (``sensor_msgs/msg/Image`` in any encoding the node accepts, or
+``sensor_msgs/msg/CompressedImage``) becomes a lazy sequence of ``(H, W, 3) uint8 BGR`` frames;
+an optional label topic (``Image``, mono8/mono16 class ids) is matched to the frames by header
+stamp, mapped through an optional id table, and gives ``(H, W) int64`` ground truth with
+:data:`IGNORE` for ignored pixels.
+
+Writing: the predicted labels of every method (and optionally their colours) as Image topics
+beside the input images, with the input's header stamps and record times, so a run can be
+replayed in RViz or Foxglove.
+
+Every problem with a bag (missing file or topic, wrong message type, unmatched stamps, a
+truncated file) raises :class:`~ditta_ros.engine.errors.InputError` saying what and how to fix.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Iterator, Mapping
+
+import cv2
+import numpy as np
+from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
+from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys.store import Typestore
+
+from ditta_ros.engine import metrics
+from ditta_ros.engine.errors import InputError
+from ditta_ros.ros import image as ros_image  # pure conversions; imports no rclpy
+from ditta_ros.tools.lazy import LazySequence
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+IGNORE = metrics.IGNORE
+"""Ground-truth value of ignored pixels."""
+
+LABEL_ENCODINGS = ("mono8", "8UC1", "mono16", "16UC1")
+# Errors a corrupt or truncated bag raises from rosbags or its storage back ends.
+_BAG_ERRORS = (ReaderError, sqlite3.DatabaseError, struct.error, EOFError, OSError,
+               KeyError, ValueError)
+
+
+@lru_cache(maxsize=1)
+def typestore() -> Typestore:
+    """The ROS 2 Kilted message definitions (sensor_msgs, std_msgs, builtin_interfaces)."""
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+def stamp_ns(header: Any) -> int:
+    """Header stamp in integer nanoseconds (the key that matches frames, labels, outputs)."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def _bytes(data: Any) -> bytes:
+    return np.asarray(data, np.uint8).tobytes()
+
+
+def decode_frame(msg: Any, msgtype: str) -> np.ndarray:
+    """A deserialised Image or CompressedImage -> (H, W, 3) uint8 BGR.
+
+    Uses the node's own conversion (:mod:`ditta_ros.ros.image`, pure functions on plain
+    fields, no rclpy), so a bag decodes offline exactly as the node decodes it live.
+    """
+    if msgtype == COMPRESSED_TYPE:
+        return ros_image.compressed_to_frame(msg).frame
+    pixels = ros_image.raw_to_array(_bytes(msg.data), msg.height, msg.width, msg.encoding,
+                                    msg.step, bool(msg.is_bigendian))
+    return ros_image.array_to_bgr(pixels, msg.encoding)
+
+
+def labels_from_image(height: int, width: int, encoding: str, is_bigendian: int, step: int,
+                      data: Any, id_map: Mapping[int, int] | None = None,
+                      ignore: tuple[int, ...] = ()) -> np.ndarray:
+    """A label ``Image`` (mono8/mono16 class ids) -> (H, W) int64 classes, IGNORE where ignored.
+
+    ``id_map`` maps raw values to classes (unmapped raw values become IGNORE); ``ignore``
+    lists raw values to ignore.
+    """
+    if encoding not in LABEL_ENCODINGS:
+        raise InputError(f"label Image encoding {encoding!r} cannot hold class ids; use "
+                         f"{', '.join(LABEL_ENCODINGS)}")
+    raw = ros_image.raw_to_array(_bytes(data), height, width, encoding, step,
+                                 bool(is_bigendian)).astype(np.int64)  # (H, W)
+    if id_map:
+        keys = np.array(sorted(id_map), np.int64)
+        values = np.array([id_map[k] for k in sorted(id_map)], np.int64)
+        pos = np.clip(np.searchsorted(keys, raw), 0, len(keys) - 1)
+        labels = np.where(keys[pos] == raw, values[pos], IGNORE)
+    else:
+        labels = raw.copy()
+    if ignore:
+        labels[np.isin(raw, np.array(ignore, np.int64))] = IGNORE
+    labels[labels < 0] = IGNORE
+    return labels
+
+
+def make_image(array: np.ndarray, encoding: str, stamp: int, frame_id: str = "") -> Any:
+    """A ``sensor_msgs/Image`` message (rosbags type) holding ``array`` as ``encoding``."""
+    store = typestore()
+    arr = np.ascontiguousarray(array)
+    height, width = arr.shape[:2]
+    header = store.types["std_msgs/msg/Header"](
+        stamp=store.types["builtin_interfaces/msg/Time"](
+            sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000), frame_id=frame_id)
+    return store.types[IMAGE_TYPE](
+        header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
+        step=arr.strides[0], data=np.frombuffer(arr.tobytes(), np.uint8))
+
+
+def make_compressed(frame_bgr: np.ndarray, stamp: int, frame_id: str = "",
+                    fmt: str = "jpeg") -> Any:
+    """A ``sensor_msgs/CompressedImage`` message (rosbags type) holding a jpeg or png."""
+    store = typestore()
+    ok, buf = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", frame_bgr)
+    if not ok:
+        raise InputError(f"could not encode a frame as {fmt}")
+    header = store.types["std_msgs/msg/Header"](
+        stamp=store.types["builtin_interfaces/msg/Time"](
+            sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000), frame_id=frame_id)
+    return store.types[COMPRESSED_TYPE](header=header, format=fmt,
+                                        data=np.asarray(buf, np.uint8).ravel())
+
+
+def label_encoding(num_classes: int) -> str:
+    """mono8 when every class id (and IGNORE) fits a byte, else mono16."""
+    return "mono8" if num_classes <= 255 else "mono16"
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """Where one image message lies in the bag."""
+
+    log_time: int      # record time, ns (what the bag is ordered and replayed by)
+    stamp: int         # header stamp, ns (what frames, labels and outputs are matched by)
+
+
+def _open_reader(path: Path) -> Reader:
+    if not path.exists():
+        raise InputError(f"bag {path} does not exist; pass a rosbag2 directory (with "
+                         "metadata.yaml) or its .db3/.mcap file")
+    bag_dir = path.parent if path.is_file() else path
+    if not (bag_dir / "metadata.yaml").exists():
+        raise InputError(f"{bag_dir} has no metadata.yaml: not a rosbag2 bag (or a truncated "
+                         "copy); record it again or run `ros2 bag reindex` on it")
+    try:
+        reader = Reader(bag_dir)
+        reader.open()
+    except _BAG_ERRORS as exc:
+        raise InputError(f"bag {bag_dir} cannot be read ({exc}); it may be truncated or "
+                         "corrupt: re-record it, or try `ros2 bag reindex`") from exc
+    return reader
+
+
+class BagSource:
+    """An open bag: an image topic as lazy frames, an optional label topic matched by stamp.
+
+    image_topic None picks the only image topic of the bag (an error lists them when there
+    are several). Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | Path, image_topic: str | None = None,
+                 label_topic: str | None = None, id_map: Mapping[int, int] | None = None,
+                 ignore: tuple[int, ...] = ()) -> None:
+        self.path = Path(path)
+        self._reader = _open_reader(self.path)
+        try:
+            self.topics = {c.topic: c.msgtype for c in self._reader.connections}
+            self.image_topic = self._pick_image_topic(image_topic)
+            self.image_type = self.topics[self.image_topic]
+            self._image_conns = [c for c in self._reader.connections
+                                 if c.topic == self.image_topic]
+            self.index = self._scan_images()
+            self.label_topic = label_topic
+            self._id_map = dict(id_map) if id_map else None
+            self._ignore = tuple(ignore)
+            self.label_log_times: dict[int, int] = {}
+            if label_topic is not None:
+                self.label_log_times = self._scan_labels(label_topic)
+        except BaseException:
+            self._reader.close()
+            raise
+        self._cursor: Iterator[tuple[Any, int, bytes]] | None = None
+        self._cursor_next = -1
+
+    # -- topics -----------------------------------------------------------------------------
+    def _pick_image_topic(self, wanted: str | None) -> str:
+        images = sorted(t for t, k in self.topics.items() if k in (IMAGE_TYPE, COMPRESSED_TYPE))
+        listing = ", ".join(f"{t} ({k})" for t, k in sorted(self.topics.items())) or "none"
+        if wanted is None:
+            if len(images) == 1:
+                return images[0]
+            raise InputError(f"bag {self.path} has {len(images)} image topics; pick one with "
+                             f"--image-topic (topics: {listing})")
+        if wanted not in self.topics:
+            raise InputError(f"bag {self.path} has no topic {wanted!r} (topics: {listing})")
+        if self.topics[wanted] not in (IMAGE_TYPE, COMPRESSED_TYPE):
+            raise InputError(f"topic {wanted!r} of bag {self.path} is {self.topics[wanted]}, "
+                             f"not {IMAGE_TYPE} or {COMPRESSED_TYPE}")
+        return wanted
+
+    def _messages(self, conns: list[Any], start: int | None = None
+                  ) -> Iterator[tuple[Any, int, bytes]]:
+        try:
+            yield from self._reader.messages(connections=conns, start=start)
+        except _BAG_ERRORS as exc:
+            raise InputError(f"bag {self.path} stops being readable ({exc}); it is probably "
+                             "truncated: re-record it or try `ros2 bag reindex`") from exc
+
+    def _deserialize(self, raw: bytes, msgtype: str, topic: str) -> Any:
+        try:
+            return typestore().deserialize_cdr(raw, msgtype)
+        except Exception as exc:  # rosbags raises assorted errors on bad CDR  # noqa: BLE001
+            raise InputError(f"a {msgtype} message on {topic} in bag {self.path} cannot be "
+                             f"deserialised ({exc}); the bag is corrupt") from exc
+
+    def _scan_images(self) -> list[FrameIndex]:
+        index = []
+        for conn, log_time, raw in self._messages(self._image_conns):
+            msg = self._deserialize(raw, conn.msgtype, self.image_topic)
+            index.append(FrameIndex(log_time, stamp_ns(msg.header)))
+        if not index:
+            raise InputError(f"topic {self.image_topic!r} of bag {self.path} has no messages")
+        return index
+
+    def _scan_labels(self, topic: str) -> dict[int, int]:
+        if topic not in self.topics:
+            listing = ", ".join(sorted(self.topics))
+            raise InputError(f"bag {self.path} has no label topic {topic!r} (topics: "
+                             f"{listing})")
+        if self.topics[topic] != IMAGE_TYPE:
+            raise InputError(f"label topic {topic!r} of bag {self.path} is "
+                             f"{self.topics[topic]}; it must be {IMAGE_TYPE} with class ids "
+                             f"({', '.join(LABEL_ENCODINGS)})")
+        conns = [c for c in self._reader.connections if c.topic == topic]
+        by_stamp: dict[int, int] = {}
+        for conn, log_time, raw in self._messages(conns):
+            msg = self._deserialize(raw, conn.msgtype, topic)
+            if msg.encoding not in LABEL_ENCODINGS:
+                raise InputError(f"label topic {topic!r} of bag {self.path} has encoding "
+                                 f"{msg.encoding!r}; class ids need "
+                                 f"{', '.join(LABEL_ENCODINGS)}")
+            by_stamp.setdefault(stamp_ns(msg.header), log_time)
+        frame_stamps = {f.stamp for f in self.index}
+        if not frame_stamps & set(by_stamp):
+            raise InputError(
+                f"no message of label topic {topic!r} has the header stamp of an image on "
+                f"{self.image_topic!r} in bag {self.path} ({len(by_stamp)} labels, "
+                f"{len(self.index)} images); labels are matched to frames by exact header "
+                "stamp: republish the labels with the images' stamps")
+        return by_stamp
+
+    # -- frames -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def stamps(self) -> list[int]:
+        return [f.stamp for f in self.index]
+
+    def raw_image(self, i: int) -> tuple[Any, int, bytes]:
+        """(connection, log time, serialised bytes) of image message ``i``."""
+        entry = self.index[i]
+        if self._cursor is None or self._cursor_next != i:
+            # Jump: restart the stream at this record time, skip earlier same-time messages.
+            self._cursor = self._messages(self._image_conns, start=entry.log_time)
+            self._cursor_next = next(k for k, f in enumerate(self.index)
+                                     if f.log_time == entry.log_time)
+        while True:
+            item = next(self._cursor, None)
+            if item is None:
+                raise InputError(f"image {i} of bag {self.path} vanished while reading; the "
+                                 "bag changed on disk")
+            self._cursor_next += 1
+            if self._cursor_next - 1 == i:
+                return item
+
+    def frame(self, i: int) -> np.ndarray:
+        conn, _, raw = self.raw_image(i)
+        return decode_frame(self._deserialize(raw, conn.msgtype, self.image_topic),
+                            conn.msgtype)
+
+    def frames(self) -> LazySequence[np.ndarray]:
+        """All frames, decoded on demand, (H, W, 3) uint8 BGR."""
+        return LazySequence(len(self), self.frame)
+
+    def labels(self, i: int) -> np.ndarray | None:
+        """Ground truth of frame ``i`` (matched by header stamp), or None when it has none."""
+        log_time = self.label_log_times.get(self.index[i].stamp)
+        if log_time is None or self.label_topic is None:
+            return None
+        conns = [c for c in self._reader.connections if c.topic == self.label_topic]
+        stamp = self.index[i].stamp
+        for conn, _, raw in self._messages(conns, start=log_time):
+            msg = self._deserialize(raw, conn.msgtype, self.label_topic)
+            if stamp_ns(msg.header) == stamp:
+                return labels_from_image(msg.height, msg.width, msg.encoding, msg.is_bigendian,
+                                         msg.step, msg.data, self._id_map, self._ignore)
+        return None
+
+    def ground_truth(self) -> LazySequence[np.ndarray | None] | None:
+        if self.label_topic is None:
+            return None
+        return LazySequence(len(self), self.labels)
+
+    def close(self) -> None:
+        self._cursor = None
+        self._reader.close()
+
+    def __enter__(self) -> BagSource:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class BagWriter:
+    """Writes a rosbag2 bag (sqlite3 or mcap): image topics, label topics, raw copies."""
+
+    def __init__(self, path: str | Path, storage: str = "mcap") -> None:
+        self.path = Path(path)
+        if self.path.exists():
+            raise InputError(f"output bag {self.path} already exists; remove it or choose "
+                             "another path")
+        plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}.get(storage)
+        if plugin is None:
+            raise InputError(f"bag storage {storage!r} is not one of mcap, sqlite3")
+        self._writer = Writer(self.path, version=9, storage_plugin=plugin)
+        try:
+            self._writer.open()
+        except WriterError as exc:
+            raise InputError(f"cannot create bag {self.path}: {exc}") from exc
+        self._conns: dict[str, Any] = {}
+
+    def _conn(self, topic: str, msgtype: str) -> Any:
+        if topic not in self._conns:
+            self._conns[topic] = self._writer.add_connection(topic, msgtype,
+                                                             typestore=typestore())
+        return self._conns[topic]
+
+    def write(self, topic: str, msg: Any, log_time: int) -> None:
+        """Serialise and write one rosbags message."""
+        msgtype = msg.__msgtype__
+        self._writer.write(self._conn(topic, msgtype), log_time,
+                           typestore().serialize_cdr(msg, msgtype))
+
+    def write_raw(self, topic: str, msgtype: str, raw: bytes, log_time: int) -> None:
+        """Copy an already serialised message (the input images, byte for byte)."""
+        self._writer.write(self._conn(topic, msgtype), log_time, raw)
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> BagWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def read_id_map(path: str | Path) -> dict[int, int]:
+    """A label id table: JSON ``{"raw": class}`` or text lines ``raw class`` (# comments)."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"label id map {file} does not exist; write lines 'raw class' or a "
+                         "JSON object {\"raw\": class}")
+    text = file.read_text()
+    try:
+        if file.suffix == ".json":
+            import json
+            return {int(k): int(v) for k, v in json.loads(text).items()}
+        table = {}
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                raw, cls = line.replace(",", " ").split()
+                table[int(raw)] = int(cls)
+        return table
+    except (ValueError, AttributeError) as exc:
+        raise InputError(f"label id map {file} is malformed ({exc}); write lines 'raw class' "
+                         "or a JSON object {\"raw\": class}") from exc

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test suite (the README's second command):   bash scripts/test.sh [pytest args]
+# ruff, mypy over the typed core, then pytest over test/ in the environment scripts/setup.sh
+# built. Every step runs; the script fails if any failed, and when pytest collects no tests.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+if [[ ! -x .venv/bin/python ]]; then
+  echo "[test] .venv does not exist: run bash scripts/setup.sh first" >&2
+  exit 1
+fi
+set +u
+# shellcheck disable=SC1091
+source scripts/env.sh
+set -u
+# Always on localhost here, whatever the caller's shell says: tests start DDS participants.
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+
+failed=()
+step() {
+  local name=$1
+  shift
+  echo "[test] $name: $*"
+  local rc=0
+  "$@" || rc=$?
+  if [[ $rc -eq 5 && $name == pytest ]]; then
+    echo "[test] pytest collected no tests: that is a failure" >&2
+  fi
+  if [[ $rc -ne 0 ]]; then
+    failed+=("$name (exit $rc)")
+  fi
+}
+
+START=$SECONDS
+step ruff .venv/bin/ruff check .
+step mypy .venv/bin/mypy ditta_ros/engine ditta_ros/config.py ditta_ros/synthetic.py
+step pytest .venv/bin/pytest test "$@"
+
+if [[ ${#failed[@]} -ne 0 ]]; then
+  echo "[test] FAILED after $((SECONDS - START)) s: ${failed[*]}" >&2
+  exit 1
+fi
+echo "[test] all passed in $((SECONDS - START)) s"
