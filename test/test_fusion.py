@@ -86,7 +86,7 @@ def sharp_model():  # type: ignore[no-untyped-def]
 def test_cached_stream_equals_the_uncached_clip_evaluation(sharp_model, device: str) -> None:
     config = tiny_config()
     model = sharp_model.to(device)
-    frames = frames_of(make_video(seed=3), 8)
+    frames = frames_of(make_video(seed=3), 6)
     stream = StreamPredictor(model, config.model, FUSION, device, use_addon=True)
     plain = StreamPredictor(model, config.model, FUSION, device, use_addon=False)
     changed = 0
@@ -171,16 +171,3 @@ def test_bad_input_and_settings_raise_specific_errors() -> None:
     with pytest.raises(InputError, match="one size"):
         predict_clip(model, frames[0], frames[1], config.model, FUSION, "cpu")
 
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="half precision needs CUDA")
-def test_half_precision_on_cuda_agrees_with_float32(sharp_model) -> None:
-    config = tiny_config()
-    half = tiny_config(half=True)
-    model = sharp_model.to("cuda")
-    frames = frames_of(make_video(seed=8), 4)
-    full = StreamPredictor(model, config.model, FUSION, "cuda", use_addon=True)
-    fp16 = StreamPredictor(model, half.model, FUSION, "cuda", use_addon=True)
-    for frame in frames:
-        a, b = full.predict(frame)[0], fp16.predict(frame)[0]
-        assert (a == b).mean() > 0.95
-    model.to("cpu")
