@@ -95,10 +95,10 @@ else
     sys_numpy=$("$PY" -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true)
     grep -vE '^(numpy|opencv-python-headless|ros-|rclpy|rcl|rmw|rosidl|rosgraph|rcutils|action.msgs|builtin.interfaces|diagnostic.msgs|geometry.msgs|lifecycle.msgs|sensor.msgs|service.msgs|std.msgs|std.srvs|type.description|unique.identifier|ament|colcon|catkin|empy|lark)' \
       "$LOCK" > "$constraints"
-    [[ -n "$sys_numpy" ]] && echo "numpy==$sys_numpy" >> "$constraints"
+    if [[ -n "$sys_numpy" ]]; then echo "numpy==$sys_numpy" >> "$constraints"; fi
     sed -e 's/^numpy>=2$/numpy/' "$REQ/base.in" > "$VENV/ditta-base.in"
     requirements=(-r "$VENV/ditta-base.in" pytest ruff mypy)
-    command -v colcon >/dev/null || requirements+=(colcon-common-extensions)
+    if ! command -v colcon >/dev/null; then requirements+=(colcon-common-extensions); fi
   fi
   torch_index=()
   if [[ -n "${DITTA_TORCH_INDEX:-}" ]]; then torch_index=(--index-url "$DITTA_TORCH_INDEX"); fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite (the README's second command):   bash scripts/test.sh [pytest args]
+# The whole test suite (the README's second command):   bash scripts/test.sh
+# (with arguments, they replace pytest's default target: bash scripts/test.sh test/test_x.py)
 # ruff, mypy over the typed core, then pytest over test/ in the environment scripts/setup.sh
 # built. Every step runs; the script fails if any failed, and when pytest collects no tests.
 set -euo pipefail
@@ -35,7 +36,11 @@ step() {
 START=$SECONDS
 step ruff .venv/bin/ruff check .
 step mypy .venv/bin/mypy ditta_ros/engine ditta_ros/config.py ditta_ros/synthetic.py
-step pytest .venv/bin/pytest test "$@"
+if [[ $# -gt 0 ]]; then
+  step pytest .venv/bin/pytest "$@"     # e.g. bash scripts/test.sh test/test_foundation.py -x
+else
+  step pytest .venv/bin/pytest test
+fi
 
 if [[ ${#failed[@]} -ne 0 ]]; then
   echo "[test] FAILED after $((SECONDS - START)) s: ${failed[*]}" >&2

@@ -65,7 +65,8 @@ def install_prefix() -> Path:
     candidates = [Path(sys.prefix)] + [
         Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
     for prefix in candidates:
-        if (prefix / "share" / "ament_index" / "resource_index" / "packages" / "ditta_ros").exists():
+        index = prefix / "share" / "ament_index" / "resource_index" / "packages"
+        if (index / "ditta_ros").exists():
             return prefix
     pytest.fail("ditta_ros is not installed by colcon in the venv nor on AMENT_PREFIX_PATH: "
                 "run `bash scripts/setup.sh` (it runs colcon build)")
@@ -193,10 +194,26 @@ def test_console_scripts_single_source(tmp_path: Path) -> None:
         assert name in requires
 
 
+def test_console_script_targets_exist() -> None:
+    """Every executable the build installs points at a module with a top-level main()."""
+    missing = []
+    for name, target in read_console_scripts().items():
+        module, function = target.split(":")
+        path = REPO.joinpath(*module.split(".")).with_suffix(".py")
+        if not path.is_file():
+            missing.append(f"{name}: {path.relative_to(REPO)} does not exist")
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if not any(isinstance(node, ast.FunctionDef) and node.name == function
+                   for node in tree.body):
+            missing.append(f"{name}: {path.relative_to(REPO)} defines no {function}()")
+    assert missing == []
+
+
 def test_fix_cmake_paths_rewrites_build_machine_paths(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO / "scripts"))
     try:
-        import fix_cmake_paths
+        import fix_cmake_paths  # type: ignore[import-not-found]
     finally:
         sys.path.remove(str(REPO / "scripts"))
     import sysconfig
@@ -249,9 +266,17 @@ def _source_only_path(tmp_path: Path) -> Path:
     deps = tmp_path / "deps"
     deps.mkdir()
     (deps / "ditta_ros").symlink_to(REPO / "ditta_ros")
-    for entry in SITE_PACKAGES.iterdir():
-        if entry.name.split(".")[0].split("-")[0] in ("numpy", "cv2", "opencv_python_headless"):
-            (deps / entry.name).symlink_to(entry)
+    import importlib.util
+
+    for module in ("numpy", "cv2"):
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.submodule_search_locations, f"{module} not installed"
+        package_dir = Path(next(iter(spec.submodule_search_locations)))
+        # the package and its vendored shared libraries (numpy.libs, opencv_*.libs)
+        for entry in package_dir.parent.iterdir():
+            vendored = entry.name.endswith(".libs") and entry.name.startswith(("numpy", "opencv"))
+            if (entry == package_dir or vendored) and not (deps / entry.name).exists():
+                (deps / entry.name).symlink_to(entry)
     return deps
 
 
@@ -324,9 +349,9 @@ def test_colcon_build_outputs() -> None:
             shebang = Path(text.splitlines()[0][2:])
             assert os.access(shebang, os.X_OK), f"{wrapper}: bad interpreter {shebang}"
             assert f"from {module} import {function}" in text
-    for folder in ("launch", "config"):
-        if (REPO / folder).is_dir() and any((REPO / folder).iterdir()):
-            assert (share / folder).is_dir(), f"share/ditta_ros/{folder} not installed"
+    for data in ("launch", "config"):
+        if (REPO / data).is_dir() and any((REPO / data).iterdir()):
+            assert (share / data).is_dir(), f"share/ditta_ros/{data} not installed"
 
 
 def _spin_until(executor: Any, event: threading.Event, timeout: float) -> bool:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
+from fixtures_model import EMBED_DIM, NUM_CLASSES, perturb_head, tiny_config
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -22,7 +22,6 @@ from ditta_ros.engine.model import (
     local_attention,
     model_identity,
 )
-from fixtures_model import EMBED_DIM, NUM_CLASSES, perturb_head, tiny_config
 
 H, W = 64, 96
 
@@ -146,6 +145,17 @@ def test_raw_dot_product_without_scaling() -> None:
     assert got[0, 0, 0, 0].item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_half_precision_scores_do_not_overflow() -> None:
+    g = torch.Generator().manual_seed(0)
+    q = 20 + torch.rand(1, 256, 4, 5, generator=g)  # q.k > 100000: beyond float16's range
+    k = 20 + torch.rand(1, 256, 4, 5, generator=g)
+    v = torch.randn(1, 3, 4, 5, generator=g)
+    got = local_attention(q.half(), k.half(), v.half(), 1)
+    assert got.dtype == torch.float16 and torch.isfinite(got).all()
+    reference = dense_local_attention(q.half().float(), k.half().float(), v.half().float(), 1)
+    torch.testing.assert_close(got.float(), reference, rtol=1e-2, atol=1e-2)
+
+
 class _LargestTensor(TorchDispatchMode):
     """Records the element count of the largest tensor any op produces."""
 
@@ -223,17 +233,13 @@ def test_head_parameters_groups(model: Any) -> None:
         model.head_parameters("backbone")
 
 
-def _leaves(state: dict[str, torch.Tensor]) -> Iterator[str]:
-    return iter(sorted(state))
-
-
 def test_adaptation_state_round_trip() -> None:
     source = build_model(tiny_config(), "cpu")
     perturb_head(source)
     with torch.no_grad():
         source.iss.model.decode_head.classifier.bias.add_(1.0)
     state = source.adaptation_state()
-    assert any(k.endswith("running_var") for k in _leaves(state))
+    assert any(k.endswith("running_var") for k in state)
     assert any(k.startswith("addon.") for k in state) and any(
         k.startswith("projection.") for k in state)
     assert not any("segformer" in k for k in state)  # no backbone tensor

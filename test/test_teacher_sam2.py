@@ -28,13 +28,19 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:cannot import name '_C':UserWarning")  # no CUDA extension: hole filling skipped
 
 SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
-IMAGE_SIZE = 256
+# 128 keeps this module near 20 s on the shared 2-core CPU (256 works too, about 2x slower).
+IMAGE_SIZE = 128
 NUM_CLASSES = 4
 P0 = (8, 60)    # frame 0: a class-1 pixel (peak reliability of the clip's frame 0)
-P2 = (32, 12)   # frame 2: a class-2 pixel
+P2 = (0, 0)     # frame 2: a class-0 pixel, outside what random-init SAM2 propagates there
+# Random-init SAM2 masks cover most of the frame, so the default 5 dilations would explain
+# every pixel by frame 2; without dilation the frame-2 prompt is placed and the run goes
+# through reset + re-add and a real backward propagation.
+DILATION = 0
 
 
 def _config(**changes: Any) -> TeacherConfig:
+    changes.setdefault("dilation_iterations", DILATION)
     return TeacherConfig(sam2_config=SAM2_CONFIG, image_size=IMAGE_SIZE, seed=0, **changes)
 
 
@@ -45,7 +51,7 @@ def clip() -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     rel = np.full(labels.shape, 0.5, dtype=np.float32)
     rel[0, P0[0], P0[1]] = 0.95
     rel[2, P2[0], P2[1]] = 0.9
-    assert labels[0][P0] == 1 and labels[2][P2] == 2
+    assert labels[0][P0] == 1 and labels[2][P2] == 0
     return list(frames), labels, rel
 
 
@@ -73,6 +79,7 @@ def _returned(spy: RecordingPropagator, call: tuple[Any, ...]) -> Any:
     return next(out for c, out in spy.returned if c == call)
 
 
+@pytest.mark.slow
 def test_prompts_land_where_the_spec_says(run: dict[str, Any], clip: Any) -> None:
     _, labels, rel = clip
     targets, spy = run["targets"], run["spy"]
@@ -81,37 +88,40 @@ def test_prompts_land_where_the_spec_says(run: dict[str, Any], clip: Any) -> Non
     # Frame 2: the prompt depends on what SAM2 propagated onto frame 2 (random weights);
     # recompute the spec's decision from the recorded masks.
     onto_2 = _returned(spy, ("propagate", 1, False))
-    explained = explained_region(onto_2.masks, 5)
+    explained = explained_region(onto_2.masks, DILATION)
     expected = select_prompts(labels[2], rel[2], explained, len(onto_2.ids), NUM_CLASSES)
     got = [(p.iss_class, p.row, p.col) for p in targets.prompts[1:]]
     assert got == [tuple(p) for p in expected.points]
-    assert all(p.frame == 2 for p in targets.prompts[1:])
+    # The scenario this module is built for (see DILATION): a second object on frame 2.
+    assert targets.prompts[1:] == (Prompt(frame=2, object_id=2, row=P2[0], col=P2[1],
+                                          iss_class=0),)
+    # With the default dilation the same pixel would have been explained (no prompt).
+    assert explained_region(onto_2.masks, 5)[P2]
 
 
+@pytest.mark.slow
 def test_both_passes_and_reset_rule(run: dict[str, Any]) -> None:
-    targets, spy = run["targets"], run["spy"]
-    second = len(targets.prompts) == 2
+    spy = run["spy"]
+    onto_2 = _returned(spy, ("propagate", 1, False))
+    onto_0 = _returned(spy, ("propagate", 1, True))
     forward = [("start", 4), ("point", 0, 1, *P0), ("propagate", 0, False),
-               ("propagate", 1, False)]
-    if second:
-        onto_2 = _returned(spy, ("propagate", 1, False))
-        forward += [("reset",), ("point", 2, 2, *P2), ("mask", 2, 1, int(onto_2.masks.sum()))]
-    forward += [("propagate", 2, False)]
-    if second:
-        onto_0 = _returned(spy, ("propagate", 1, True))
-        backward = [("reset",), ("point", 2, 2, *P2), ("propagate", 2, True),
-                    ("propagate", 1, True),
-                    ("reset",), ("point", 0, 1, *P0), ("mask", 0, 2, int(onto_0.masks.sum()))]
-        # After a reset SAM2 orders new points first, then the re-added objects.
-        assert _returned(spy, backward[-1]).ids == (1, 2)
-        assert _returned(spy, forward[-2]).ids == (2, 1)
-    else:
-        backward = [("reset",), ("point", 0, 1, *P0)]
+               ("propagate", 1, False),
+               ("reset",), ("point", 2, 2, *P2), ("mask", 2, 1, int(onto_2.masks.sum())),
+               ("propagate", 2, False)]
+    backward = [("reset",), ("point", 2, 2, *P2), ("propagate", 2, True),
+                ("propagate", 1, True),
+                ("reset",), ("point", 0, 1, *P0), ("mask", 0, 2, int(onto_0.masks.sum()))]
     assert spy.calls == forward + backward + [("release",)]
+    # After a reset SAM2 orders the new points first, then the re-added objects.
+    assert _returned(spy, forward[-2]).ids == (2, 1)
+    assert _returned(spy, forward[-1]).ids == (2, 1)
+    assert _returned(spy, backward[-1]).ids == (1, 2)
+    assert _returned(spy, ("propagate", 2, True)).ids == (2,)
     for call, out in spy.returned:
         assert out.masks.dtype == np.bool_ and out.masks.shape[1:] == (64, 96), call
 
 
+@pytest.mark.slow
 def test_targets_shapes_dtypes_ids(run: dict[str, Any]) -> None:
     targets = run["targets"]
     k = len(targets.prompts)
@@ -124,6 +134,7 @@ def test_targets_shapes_dtypes_ids(run: dict[str, Any]) -> None:
     assert np.isfinite(targets.scores).all() and (targets.scores >= 0).all()
 
 
+@pytest.mark.slow
 def test_image_encoder_runs_once_per_frame(run: dict[str, Any]) -> None:
     assert run["encoder_calls"] == 4
     import sam2.sam2_video_predictor as video_module
@@ -147,6 +158,7 @@ def test_sam2_input_preprocessing() -> None:
     assert out[2, 32, 2] > 2.0 and out[0, 32, 2] < -2.0
 
 
+@pytest.mark.slow
 def test_device_mismatch_is_a_config_error(run: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="predictor lives on cpu"):
         SAM2Propagator(run["predictor"], torch.device("meta"))
@@ -159,6 +171,7 @@ def test_missing_checkpoint_is_a_checkpoint_error(tmp_path: Path) -> None:
     assert str(missing) in str(info.value) and "teacher.sam2_checkpoint" in str(info.value)
 
 
+@pytest.mark.slow
 def test_unloadable_checkpoint_and_unknown_config(tmp_path: Path) -> None:
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
@@ -171,3 +184,30 @@ def test_unloadable_checkpoint_and_unknown_config(tmp_path: Path) -> None:
         build_sam2_predictor(_config(sam2_checkpoint=str(wrong_keys)), "cpu")
     with pytest.raises(ConfigError, match="sam2_config"):
         build_sam2_predictor(TeacherConfig(sam2_config="configs/none.yaml"), "cpu")
+
+
+@pytest.mark.slow
+def test_recorded_masks_equal_sams_first_propagation_output(
+        run: dict[str, Any], clip: Any) -> None:
+    """The teacher records a frame's masks from the prompt calls (prompted frame) or the
+    previous propagation (unprompted frame); SAM2's propagate call from that frame gives
+    the same masks again as its first output."""
+    frames = clip[0][:2]
+    prop = SAM2Propagator(run["predictor"])
+    prop.start(frames)
+    try:
+        on_0 = prop.add_point(0, 1, *P0)
+        state = prop._need_state()
+        with torch.inference_mode():
+            outs = [(i, (m > 0).squeeze(1).numpy()) for i, _, m in
+                    run["predictor"].propagate_in_video(state, start_frame_idx=0,
+                                                        max_frame_num_to_track=1)]
+            assert [i for i, _ in outs] == [0, 1]
+            np.testing.assert_array_equal(outs[0][1], on_0.masks)
+            again = [(i, (m > 0).squeeze(1).numpy()) for i, _, m in
+                     run["predictor"].propagate_in_video(state, start_frame_idx=1,
+                                                         max_frame_num_to_track=1)]
+        assert [i for i, _ in again] == [1]
+        np.testing.assert_array_equal(again[0][1], outs[1][1])
+    finally:
+        prop.release()

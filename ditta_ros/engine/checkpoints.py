@@ -95,18 +95,12 @@ def _seeded_head(embed_dim: int, seed: int, radius: int) -> tuple[TemporalAddon,
 
 
 def _assemble(segformer: SegformerForSemanticSegmentation, config: ModelConfig, radius: int,
-              head_state: Mapping[str, torch.Tensor] | None,
               class_names: list[str] | None, head_seed: int | None) -> DittaModel:
+    """ISS wrapper + a head initialised with ``head_seed`` (default: ``config.seed``)."""
     iss = SegformerISS(segformer, dropout=config.dropout, drop_path=config.drop_path)
     seed = config.seed if head_seed is None else head_seed
     addon, projection = _seeded_head(iss.embed_dim, seed, radius)
-    model = DittaModel(iss, addon, projection, class_names=class_names,
-                       head_seed=None if head_state is not None else seed)
-    if head_state is not None:
-        state = model.adaptation_state()
-        state.update(head_state)
-        model.load_adaptation_state(state)
-    return model
+    return DittaModel(iss, addon, projection, class_names=class_names, head_seed=seed)
 
 
 def _random_model(config: ModelConfig, radius: int) -> DittaModel:
@@ -114,7 +108,7 @@ def _random_model(config: ModelConfig, radius: int) -> DittaModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         segformer = SegformerForSemanticSegmentation(hf_config)
-    return _assemble(segformer, config, radius, None, None, None)
+    return _assemble(segformer, config, radius, None, None)
 
 
 def _class_names_of(hf_config: Any) -> list[str] | None:
@@ -132,10 +126,13 @@ def _from_hf_directory(path: Path, config: ModelConfig, radius: int) -> DittaMod
             "directory (as written by save_pretrained) or a ditta_ros .pt file")
     try:
         loaded: Any = SegformerForSemanticSegmentation.from_pretrained(
-            str(path), local_files_only=True, output_loading_info=True)
+            # float32 whatever the files hold: adaptation trains in float32 (transformers
+            # would otherwise keep a float16 checkpoint in float16)
+            str(path), local_files_only=True, output_loading_info=True, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(
-            f"cannot load the Hugging Face SegFormer directory {str(path)!r}: {exc}. Check that "
+            f"cannot load the Hugging Face SegFormer directory {str(path)!r}: "
+            f"{_first_line(exc)}. Check that "
             "it holds config.json (model_type segformer) and model.safetensors or "
             "pytorch_model.bin") from exc
     segformer, info = loaded
@@ -146,7 +143,13 @@ def _from_hf_directory(path: Path, config: ModelConfig, radius: int) -> DittaMod
             f"the Hugging Face checkpoint {str(path)!r} does not hold a complete SegFormer "
             f"segmentation model ({'; '.join(problems)}); a backbone-only (mit-bX) "
             "checkpoint needs a trained decode head: use a semantic-segmentation checkpoint")
-    return _assemble(segformer, config, radius, None, _class_names_of(segformer.config), None)
+    return _assemble(segformer, config, radius, _class_names_of(segformer.config), None)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception as one line (messages end up on one stderr line or in a ROS log)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def _torch_load(path: Path, what: str) -> Any:
@@ -154,8 +157,8 @@ def _torch_load(path: Path, what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise CheckpointError(
-            f"{str(path)!r} is not a readable torch {what} file ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); give a file written by "
+            f"{str(path)!r} is not a readable torch {what} file ({_first_line(exc)}); "
+            "give a file written by "
             "ditta_ros or torch.save") from exc
 
 
@@ -170,20 +173,28 @@ def _from_model_file(path: Path, config: ModelConfig, radius: int) -> DittaModel
                               f"{MODEL_VERSION}: convert it again with this version")
     try:
         hf_config = SegformerConfig.from_dict(dict(blob["segformer_config"]))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
+        with torch.device("meta"):  # no random init: every tensor comes from the file
             segformer = SegformerForSemanticSegmentation(hf_config)
         state: dict[str, torch.Tensor] = dict(blob["state_dict"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{str(path)!r} is a damaged ditta_ros model checkpoint "
-                              f"({type(exc).__name__}: {exc}); write it again") from exc
-    iss_state = {k[len(_ISS_PREFIX):]: v for k, v in state.items() if k.startswith(_ISS_PREFIX)}
+                              f"({_first_line(exc)}); write it again") from exc
+    iss_state = {k: v for k, v in state.items() if k.startswith(_ISS_PREFIX)}
     head_state = {k: v for k, v in state.items() if k.startswith(("addon.", "projection."))}
-    other = sorted(set(state) - {_ISS_PREFIX + k for k in iss_state} - set(head_state))
-    _check_fit(segformer.state_dict(), iss_state, other, path)
-    segformer.load_state_dict(iss_state)
+    other = sorted(set(state) - set(iss_state) - set(head_state))
+    expected = {_ISS_PREFIX + k: v for k, v in segformer.state_dict().items()}
+    _check_fit(expected, iss_state, other, path)
+    segformer.load_state_dict({k[len(_ISS_PREFIX):]: v for k, v in iss_state.items()},
+                              assign=True)
+    left = [n for n, t in [*segformer.named_parameters(), *segformer.named_buffers()]
+            if t.is_meta]
+    if left:
+        raise CheckpointError(f"{str(path)!r} leaves tensors without values: {left[:5]}; "
+                              "write it again (ditta-convert-checkpoint or save_model)")
     head_seed = blob.get("head_seed")
-    model = _assemble(segformer, config, radius, None, blob.get("class_names"),
+    names = blob.get("class_names")
+    names = [str(n) for n in names] if isinstance(names, (list, tuple)) else None
+    model = _assemble(segformer, config, radius, names,
                       head_seed if isinstance(head_seed, int) else None)
     expected_head = {k: v for k, v in model.adaptation_state().items()
                      if not k.startswith("decoder.")}
@@ -357,7 +368,8 @@ def convert_mmseg_checkpoint(src: Path | str, dst: Path | str, *,
         try:
             blob = torch.load(src, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise CheckpointError(f"{str(src)!r} is not a readable torch file: {exc}") from exc
+            raise CheckpointError(f"{str(src)!r} is not a readable torch file: "
+                                  f"{_first_line(exc)}") from exc
     else:
         blob = _torch_load(src, "checkpoint (if it is one you trust, retry with --trusted)")
     try:
@@ -403,7 +415,7 @@ def _convert(blob: Any, src: Path, dst: Path, num_heads: tuple[int, ...] | None,
     check_shapes(expected, mapped.segformer)
     segformer.load_state_dict(mapped.segformer)
     model_config = ModelConfig(seed=seed, dropout=0.0, drop_path=0.0)
-    model = _assemble(segformer, model_config, DEFAULT_WINDOW_RADIUS, None, names, None)
+    model = _assemble(segformer, model_config, DEFAULT_WINDOW_RADIUS, names, None)
     if mapped.head:
         expected_head = {k: v for k, v in model.adaptation_state().items()
                          if not k.startswith("decoder.")}

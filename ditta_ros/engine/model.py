@@ -246,14 +246,16 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, radius: int) -> Tensor:
     b, _, h, w = q.shape
     offsets = _window_offsets(radius)
     k_pad = F.pad(k, (radius, radius, radius, radius))  # (B, D, h+2r, w+2r)
+    # Scores accumulate and normalise in float32 even for float16 inputs (stage D's half
+    # mode): a 256-term dot product overflows float16 long before one product does.
     scores = torch.stack(
-        [(q * k_pad[:, :, dy:dy + h, dx:dx + w]).sum(dim=1) for dy, dx in offsets],
-        dim=1)  # (B, K, h, w)
+        [(q * k_pad[:, :, dy:dy + h, dx:dx + w]).sum(dim=1, dtype=torch.float32)
+         for dy, dx in offsets], dim=1)  # (B, K, h, w) float32
     inside = F.pad(q.new_ones((1, 1, h, w), dtype=torch.bool),
                    (radius, radius, radius, radius))  # (1, 1, h+2r, w+2r)
     valid = torch.cat([inside[:, :, dy:dy + h, dx:dx + w] for dy, dx in offsets],
                       dim=1)  # (1, K, h, w)
-    weights = scores.masked_fill(~valid, float("-inf")).softmax(dim=1)  # (B, K, h, w)
+    weights = scores.masked_fill(~valid, float("-inf")).softmax(dim=1).to(v.dtype)
     v_pad = F.pad(v, (radius, radius, radius, radius))  # (B, C, h+2r, w+2r)
     out = v.new_zeros(v.shape)
     for index, (dy, dx) in enumerate(offsets):

@@ -233,6 +233,8 @@ def vote(objects: Sequence[ObjectMasks], labels: np.ndarray, reliability: np.nda
     where the best score is 0.
     """
     num_classes = int(class_counts.shape[0])
+    if num_classes == 0:
+        raise InputError("vote needs class_counts for at least one class")
     ids = [int(i) for i in object_ids]
     row_of = {oid: k for k, oid in enumerate(ids)}
     num_objects = len(ids)
@@ -262,10 +264,8 @@ def vote(objects: Sequence[ObjectMasks], labels: np.ndarray, reliability: np.nda
     rarity = np.maximum(np.float32(1) - class_counts.astype(np.float32) / total, np.float32(0))
     scores = (mean_rel * coverage ** np.float32(size_power)
               * (rarity ** np.float32(frequency_power))[None, :]).astype(np.float32)
-    classes = np.argmax(scores, axis=1).astype(np.int64) if num_classes else \
-        np.zeros(num_objects, dtype=np.int64)
-    best = scores.max(axis=1) if num_classes else np.zeros(num_objects, dtype=np.float32)
-    classes[best <= 0] = -1
+    classes = np.argmax(scores, axis=1).astype(np.int64)  # first maximum: lowest class id
+    classes[scores.max(axis=1, initial=0) <= 0] = -1
     return scores, classes
 
 
@@ -323,8 +323,7 @@ class PropagationTeacher:
         ids = sorted(p.object_id for p in forward.prompts)
         scores, classes = vote(merged, labels, reliability, forward.class_counts, ids,
                                self.config.size_power, self.config.frequency_power)
-        best = {oid: float(s) for oid, s in
-                zip(ids, scores.max(axis=1) if num_classes else np.zeros(len(ids)))}
+        best = {oid: float(s) for oid, s in zip(ids, scores.max(axis=1, initial=0))}
         object_ids = np.zeros((num_frames, height, width), dtype=np.int32)
         for t, frame_objects in enumerate(merged):
             object_ids[t] = render_objects(frame_objects, best, height, width)
@@ -359,6 +358,10 @@ class PropagationTeacher:
                 # crashes when frame 0 has no prompt; this is our deliberate fix.
                 recorded.append(ObjectMasks.empty(height, width))
                 continue
+            # The masks on frame t as the tracker holds them after this frame's prompts.
+            # This equals the first output of SAM2's propagate call from t: a prompted frame
+            # returns its prompt outputs, an unprompted one is re-tracked from the same
+            # memory (frames before t), which gives the same masks again.
             recorded.append(current)
             if t + 1 < num_frames:
                 current = self.propagator.propagate(t, reverse=False)
@@ -375,6 +378,9 @@ class PropagationTeacher:
         for p in new:
             result = self.propagator.add_point(frame, p.object_id, p.row, p.col)
         if current is not None:
+            # After the points, so the tracker's order becomes: new points in prompt order,
+            # then the re-added objects in their previous order. Empty masks are re-added too
+            # (objects are never dropped).
             for oid, mask in zip(current.ids, current.masks):
                 result = self.propagator.add_mask(frame, oid, mask)
         if result is None:

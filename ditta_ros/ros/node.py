@@ -29,6 +29,7 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -126,6 +127,13 @@ def _input_qos(node: NodeConfig) -> QoSProfile:
                       reliability=reliability, durability=qos_profile_sensor_data.durability)
 
 
+# Entities this node destroys while the executor spins (outputs at cleanup, the input at
+# deactivate) get no QoS event handlers: in rclpy 9 (Kilted) destroying an entity whose event
+# handler the executor is adding to its wait set raises InvalidHandle in the executor thread
+# and ends spin() (seen in this project's tests). The cost: no "incompatible QoS" warning for
+# these topics; the input defaults to best effort, which every camera publisher matches.
+_NO_EVENTS_WHY = "rclpy destroy-while-spinning race"
+
 STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=20,
                         reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE)
@@ -181,10 +189,13 @@ class DittaNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._load()
-        except DittaError as err:
-            self.get_logger().error(f"configure failed: {err}")
+        except Exception as err:  # noqa: BLE001 - any load failure must leave nothing behind
+            # DittaErrors carry the parameter and the fix; anything else is a bug or an
+            # environment problem (e.g. out of memory): say what raised it.
+            text = str(err) if isinstance(err, DittaError) else f"{type(err).__name__}: {err}"
+            self.get_logger().error(f"configure failed: {text}")
             self._unload()
-            self.publish_status(f"configure failed: {err}")
+            self.publish_status(f"configure failed: {text}")
             return TransitionCallbackReturn.FAILURE
         self._set_lifecycle("inactive")
         self.get_logger().info(f"configured: {self._num_classes} classes, {self._describe()}")
@@ -209,14 +220,12 @@ class DittaNode(LifecycleNode):
         worker: Worker[tuple[Any, float]] = Worker(self._slot, self._process, self._worker_error)
         self._worker = worker
         worker.start()
-        if node_cfg.transport == "compressed":
-            self._subscription = self.create_subscription(
-                CompressedImage, "image/compressed", self._on_image, _input_qos(node_cfg),
-                callback_group=self._input_group)
-        else:
-            self._subscription = self.create_subscription(
-                Image, "image", self._on_image, _input_qos(node_cfg),
-                callback_group=self._input_group)
+        msg_type, topic = ((CompressedImage, "image/compressed")
+                           if node_cfg.transport == "compressed" else (Image, "image"))
+        self._subscription = self.create_subscription(
+            msg_type, topic, self._on_image, _input_qos(node_cfg),
+            callback_group=self._input_group,
+            event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
         self._set_lifecycle("active")
         self.get_logger().info(f"active: listening on {self._subscription.topic_name}")
         return result
@@ -292,14 +301,14 @@ class DittaNode(LifecycleNode):
     def _create_outputs(self, node_cfg: NodeConfig) -> None:
         qos = _output_qos(node_cfg)
         pubs = self._out_pubs
-        pubs["labels"] = self.create_lifecycle_publisher(Image, "~/labels", qos)
-        pubs["labels_color"] = self.create_lifecycle_publisher(Image, "~/labels_color", qos)
-        pubs["overlay"] = self.create_lifecycle_publisher(Image, "~/overlay", qos)
-        pubs["confidence"] = self.create_lifecycle_publisher(Image, "~/confidence", qos)
+        events = PublisherEventCallbacks(use_default_callbacks=False)  # see _NO_EVENTS_WHY
+        for name in ("labels", "labels_color", "overlay", "confidence"):
+            pubs[name] = self.create_lifecycle_publisher(Image, f"~/{name}", qos,
+                                                         event_callbacks=events)
         from vision_msgs.msg import LabelInfo
 
-        pubs["label_info"] = self.create_lifecycle_publisher(LabelInfo, "~/label_info",
-                                                             LATCHED_QOS)
+        pubs["label_info"] = self.create_lifecycle_publisher(
+            LabelInfo, "~/label_info", LATCHED_QOS, event_callbacks=events)
         self._restart_timers(node_cfg)
 
     def _restart_timers(self, node_cfg: NodeConfig) -> None:
@@ -435,6 +444,11 @@ class DittaNode(LifecycleNode):
             if status.phase is self._last_phase:
                 return
             self._last_phase = status.phase
+            # The session swaps models on these phases; frames report the source too.
+            if status.phase is Phase.ADAPTED:
+                self._serving = Source.ADAPTED
+            elif status.phase is Phase.FAILED:
+                self._serving = Source.ISS
             self.publish_status(status=status)
 
     def status_message(self, message: str = "", status: SessionStatus | None = None
@@ -445,8 +459,6 @@ class DittaNode(LifecycleNode):
         if status is None and session is not None:
             status = session.status()
         serving = self._serving if session is not None else None
-        if status is not None and status.phase is Phase.ADAPTED and serving is Source.ISS:
-            serving = Source.ADAPTED  # swapped in since the last frame
         stamp = self.get_clock().now().to_msg()
         return outputs.status_message(stamp, self._lifecycle, status, serving,
                                       self._stats.snapshot(), message)

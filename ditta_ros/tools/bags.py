@@ -171,7 +171,7 @@ class BagSource:
         self._reader = _open_reader(self.path)
         try:
             self.topics = {c.topic: c.msgtype for c in self._reader.connections}
-            self.image_topic = self._pick_image_topic(image_topic)
+            self.image_topic = self._pick_image_topic(image_topic, label_topic)
             self.image_type = self.topics[self.image_topic]
             self._image_conns = [c for c in self._reader.connections
                                  if c.topic == self.image_topic]
@@ -189,10 +189,13 @@ class BagSource:
         self._cursor_next = -1
 
     # -- topics -----------------------------------------------------------------------------
-    def _pick_image_topic(self, wanted: str | None) -> str:
-        images = sorted(t for t, k in self.topics.items() if k in (IMAGE_TYPE, COMPRESSED_TYPE))
+    def _pick_image_topic(self, wanted: str | None, label_topic: str | None) -> str:
+        images = sorted(t for t, k in self.topics.items()
+                        if k in (IMAGE_TYPE, COMPRESSED_TYPE) and t != label_topic)
         listing = ", ".join(f"{t} ({k})" for t, k in sorted(self.topics.items())) or "none"
         if wanted is None:
+            if len(images) > 1:   # label topics are images too: they are not the camera
+                images = [t for t in images if "label" not in t.rsplit("/", 1)[-1]] or images
             if len(images) == 1:
                 return images[0]
             raise InputError(f"bag {self.path} has {len(images)} image topics; pick one with "
