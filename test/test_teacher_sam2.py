@@ -209,5 +209,10 @@ def test_recorded_masks_equal_sams_first_propagation_output(
                                                          max_frame_num_to_track=1)]
         assert [i for i, _ in again] == [1]
         np.testing.assert_array_equal(again[0][1], outs[1][1])
+        # Re-adding an object whose current mask is empty is allowed (never dropped).
+        prop.reset()
+        prop.add_point(1, 1, *P0)
+        out = prop.add_mask(1, 2, np.zeros((64, 96), dtype=bool))
+        assert out.ids == (1, 2) and out.masks.shape == (2, 64, 96)
     finally:
         prop.release()

@@ -170,6 +170,7 @@ class DittaNode(LifecycleNode):
         self._resolution_changes = 0
         self._rejected_at_last_report = 0
         self._phase_lock = threading.Lock()
+        self._last_error = ""                    # why the last configure failed
         self._param_problems = declare_parameters(self)
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -193,10 +194,12 @@ class DittaNode(LifecycleNode):
             # DittaErrors carry the parameter and the fix; anything else is a bug or an
             # environment problem (e.g. out of memory): say what raised it.
             text = str(err) if isinstance(err, DittaError) else f"{type(err).__name__}: {err}"
-            self.get_logger().error(f"configure failed: {text}")
+            self._last_error = f"configure failed: {text}"
+            self.get_logger().error(self._last_error)
             self._unload()
-            self.publish_status(f"configure failed: {text}")
+            self.publish_status()
             return TransitionCallbackReturn.FAILURE
+        self._last_error = ""
         self._set_lifecycle("inactive")
         self.get_logger().info(f"configured: {self._num_classes} classes, {self._describe()}")
         return super().on_configure(state)
@@ -459,6 +462,8 @@ class DittaNode(LifecycleNode):
         if status is None and session is not None:
             status = session.status()
         serving = self._serving if session is not None else None
+        if session is None and not message:
+            message = self._last_error
         stamp = self.get_clock().now().to_msg()
         return outputs.status_message(stamp, self._lifecycle, status, serving,
                                       self._stats.snapshot(), message)
