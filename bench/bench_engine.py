@@ -349,10 +349,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--frame-size", type=_size, default=(480, 854),
                    help="per-frame benchmark frame size HxW")
     p.add_argument("--repeats", type=int, default=None,
-                   help="measured frames per mode (default 15, quick 5)")
+                   help="measured frames per mode (default 15, quick 3)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured first frames per mode")
     p.add_argument("--warmup-frames", type=int, default=10, help="adaptation warm-up length")
-    p.add_argument("--adapt-frame-size", type=_size, default=(240, 427),
+    p.add_argument("--adapt-frame-size", type=_size, default=(120, 214),
                    help="adaptation benchmark frame size HxW")
     p.add_argument("--sam2-image-size", type=int, default=None,
                    help="SAM2 image size (default 512, quick 256)")
@@ -363,7 +363,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="folder for bench_engine.md and bench_engine.json")
     args = p.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 5 if args.quick else 15
+        args.repeats = 3 if args.quick else 15
     if args.sam2_image_size is None:
         args.sam2_image_size = 256 if args.quick else 512
     args.addon_sizes = [(60, 108), (120, 216)] + ([] if args.quick else [(240, 432)])

@@ -1,6 +1,6 @@
 """ditta-eval end to end on generated data: real tiny SegFormer, real random SAM2, real bags.
 
-One set of models (seeded tiny SegFormer, random SAM2 hiera-t at image size 128) is built per
+One set of models (seeded tiny SegFormer, random SAM2 hiera-t at image size 64) is built per
 module and shared. Frames are 48 x 64 and the ISS input is fitted to 64 x 48 so that each run
 takes seconds. The reliability threshold is 0 so the random SAM2 gets prompts and the
 SAM2 paths (DiTTA's teacher, sam2-refine) really run.
@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fixtures_eval import (
     LABEL_TOPIC,
@@ -41,7 +40,7 @@ from ditta_ros.tools.eval import (
 )
 from ditta_ros.tools.report import METHODS
 
-SMALL = ["--num-classes", str(NUM_CLASSES), "--iterations", "1", "--sam2-image-size", "128",
+SMALL = ["--num-classes", str(NUM_CLASSES), "--iterations", "1", "--sam2-image-size", "64",
          "--set", "model.fit_long=64", "--set", "model.fit_short=48",
          "--set", "teacher.reliability_threshold=0.0", "--no-progress"]
 
@@ -68,15 +67,14 @@ def _quiet(text: str) -> None:
 
 
 def test_vspw_folder_all_methods(tmp_path: Path, models: Models) -> None:
-    root = write_vspw(tmp_path / "vspw", videos=2, frames=12)
+    root = write_vspw(tmp_path / "vspw", videos=2, frames=6)
     refs = datasets.vspw_videos(root, "val", NUM_CLASSES)
     report = evaluate(refs, _config(), _options(tmp_path / "out"), models, _quiet)
-    assert report["videos_evaluated"] == 2 and report["frames_evaluated"] == 20
+    assert report["videos_evaluated"] == 2 and report["frames_evaluated"] == 8
     for method in METHODS:
         s = report["overall"][method]
-        assert s["frames"] == 20
+        assert s["frames"] == 8
         assert s["miou"] is not None and 0 <= s["miou"] <= 100
-        assert s["mvc8"] is not None      # 10 evaluated frames -> 2 windows per video
         assert s["fps"] > 0
     assert report["overall"]["ditta"]["adaptation_s"] > 0
     out = tmp_path / "out"
@@ -84,11 +82,14 @@ def test_vspw_folder_all_methods(tmp_path: Path, models: Models) -> None:
     for name in ("class_iou.png", "video_00_strip.png", "video_01_over_time.png"):
         assert (out / "plots" / name).stat().st_size > 1000
     saved = json.loads((out / "videos" / "video_00.json").read_text())
-    assert saved["warmup"] == 2 and saved["labelled"] == 10
+    assert saved["warmup"] == 2 and saved["labelled"] == 4
+    # SAM2 really ran: random SAM2 with threshold 0 prompts frame 0's classes.
+    assert "SAM2 objects from frame 0" in saved["methods"]["sam2-refine"]["notes"][0]
+    assert saved["methods"]["ditta"]["notes"][0].startswith("adapted on 2 warm-up frames")
 
 
 def test_bags_with_and_without_labels(tmp_path: Path, models: Models) -> None:
-    labelled = write_bag(tmp_path / "labelled", frames=11, storage="sqlite3", encoding="rgb8")
+    labelled = write_bag(tmp_path / "labelled", frames=6, storage="sqlite3", encoding="rgb8")
     plain = write_bag(tmp_path / "plain", frames=11, storage="mcap", encoding="jpeg",
                       labels=False)
     out = tmp_path / "out"
@@ -97,14 +98,13 @@ def test_bags_with_and_without_labels(tmp_path: Path, models: Models) -> None:
     assert report["overall"]["ditta"]["miou"] is not None
     refs = datasets.bag_videos([plain])
     out2 = tmp_path / "out2"
-    report = evaluate(refs, _config(), _options(out2, methods=("iss", "sam2-refine")), models,
-                      _quiet)
+    report = evaluate(refs, _config(), _options(out2, methods=("iss",)), models, _quiet)
     s = report["overall"]["iss"]
     assert s["miou"] is None and s["mvc8"] is not None    # consistency and speed only
     assert "no ground truth" in report["videos"]["plain"]["methods"]["iss"]["notes"][0]
     # The output bag: input images copied, one label topic per method, same stamps.
     with BagSource(out / "bags" / "labelled", image_topic="/camera/image_raw") as bag:
-        assert bag.stamps == [T0_NS + t * PERIOD_NS for t in range(2, 11)]
+        assert bag.stamps == [T0_NS + t * PERIOD_NS for t in range(2, 6)]
         assert {"/ditta_eval/iss/labels", "/ditta_eval/ditta/labels",
                 "/ditta_eval/sam2_refine/labels", "/ditta_eval/ground_truth",
                 "/ditta_eval/sam2_refine/labels_color"} <= set(bag.topics)
@@ -115,7 +115,7 @@ def test_bags_with_and_without_labels(tmp_path: Path, models: Models) -> None:
 
 
 def test_shard_and_merge_equal_single_run(tmp_path: Path, models: Models) -> None:
-    root = write_vspw(tmp_path / "vspw", videos=3, frames=10)
+    root = write_vspw(tmp_path / "vspw", videos=3, frames=5)
     refs = datasets.vspw_videos(root, "val", NUM_CLASSES)
     config = _config()
     methods = ("iss", "ditta")
@@ -127,7 +127,7 @@ def test_shard_and_merge_equal_single_run(tmp_path: Path, models: Models) -> Non
     merged = merge(tmp_path / "merged", [tmp_path / "shard0", tmp_path / "shard1"],
                    plots_wanted=False)
     assert merged["videos_evaluated"] == 3
-    keys = ("miou", "wiou", "mvc8", "accuracy", "frames", "per_class_iou")
+    keys = ("miou", "wiou", "accuracy", "frames", "per_class_iou")
     for method in methods:
         for key in keys:
             assert merged["overall"][method][key] == single["overall"][method][key], key
@@ -144,7 +144,7 @@ def test_shard_and_merge_equal_single_run(tmp_path: Path, models: Models) -> Non
 
 
 def test_resume_skips_finished_videos(tmp_path: Path, models: Models) -> None:
-    root = write_vspw(tmp_path / "vspw", videos=2, frames=6)
+    root = write_vspw(tmp_path / "vspw", videos=2, frames=12)
     refs = datasets.vspw_videos(root, "val", NUM_CLASSES)
     out = tmp_path / "out"
     options = _options(out, methods=("iss",), plots=False)
@@ -154,6 +154,7 @@ def test_resume_skips_finished_videos(tmp_path: Path, models: Models) -> None:
     said: list[str] = []
     report = evaluate(refs, _config(), options, models, said.append)
     assert report["videos_evaluated"] == 2
+    assert report["overall"]["iss"]["mvc8"] is not None   # 10 evaluated frames: 2 windows
     assert first.stat().st_mtime_ns == stamp           # not redone
     assert any("resuming: 1 of 2" in s for s in said)
 
@@ -181,4 +182,3 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 2 and "has no setting 'nope'" in capsys.readouterr().err
     code = main(["merge", str(tmp_path / "m"), str(tmp_path / "nothing")])
     assert code == 2 and "no run.json" in capsys.readouterr().err
-    assert np.isfinite(1.0)

@@ -210,6 +210,28 @@ def test_console_script_targets_exist() -> None:
     assert missing == []
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_lock_pins_every_requirement() -> None:
+    pins = {}
+    for line in (REPO / "requirements" / "lock.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"lock.txt: '{line}' is not pinned with =="
+            pins[_canonical(name)] = version
+    for source in ("base.in", "dev.in", "ros-kilted.in"):
+        for line in (REPO / "requirements" / source).read_text().splitlines():
+            requirement = line.split("#", 1)[0].strip()
+            if requirement:
+                name = re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0]
+                assert _canonical(name) in pins, f"{source}: {name} has no pin in lock.txt"
+    # A CUDA build of the same torch must satisfy the pin (no local label such as +cpu).
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pins["torch"])
+    assert pins["sam2"] == "1.1.0" and int(pins["numpy"].split(".")[0]) >= 2
+
+
 def test_fix_cmake_paths_rewrites_build_machine_paths(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO / "scripts"))
     try:
@@ -467,3 +489,24 @@ def test_label_info_is_wire_compatible_with_real_vision_msgs(
     assert [(c.class_id, c.class_name) for c in received[0].class_map] == \
         [(0, "road"), (1, "sky"), (2, "person")]
     assert received[0].threshold == pytest.approx(0.5)
+
+
+def test_env_script_sets_up_the_venv_layout() -> None:
+    if (REPO / "install").exists():
+        pytest.skip("built against a system ROS 2 (./install): env.sh then sources its setup")
+    show = ('source scripts/env.sh; echo "$ROS_AUTOMATIC_DISCOVERY_RANGE|$AMENT_PREFIX_PATH|'
+            '$VIRTUAL_ENV"; command -v python')
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "AMENT_PREFIX_PATH", "VIRTUAL_ENV")}
+    env["PATH"] = "/usr/bin:/bin"
+    out = subprocess.run(["bash", "-c", show], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=30, check=True).stdout.splitlines()
+    venv = str(REPO / ".venv")
+    assert out[0] == f"LOCALHOST|{venv}|{venv}"
+    assert out[1] == f"{venv}/bin/python"
+    # A user's own choice (a robot talking to other machines) is kept; sourcing twice does not
+    # duplicate entries.
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SUBNET"
+    out = subprocess.run(["bash", "-c", "source scripts/env.sh; " + show], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=30, check=True).stdout.splitlines()
+    assert out[0] == f"SUBNET|{venv}|{venv}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import array
 
 import cv2
-import numpy as np
 from fixtures_node import TINY_PARAMS, harness, stamp_key, stamped
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -35,10 +34,13 @@ def test_malformed_raw_frames_are_counted_logged_and_skipped(capfd) -> None:
         h.feed(range(1))
         for n, (bad, reason) in enumerate(_bad_images(h), start=1):
             h.send_msg(bad)
-            good = h.feed(range(n, n + 1))[0]                 # the next good frame is served
-            status = h.latest_status()
-            assert status.frames_rejected == n
+            # a rejection publishes ~/status (rate-limited like its log line, per kind): wait
+            # for it, or the good frame below could replace the bad one in the slot (dropped)
+            assert h.topics["status"].wait_for(
+                lambda items, n=n: items[-1].frames_rejected == n, 10.0)
+            status = h.topics["status"].snapshot()[-1]
             assert reason in status.last_rejection, status.last_rejection
+            good = h.feed(range(n, n + 1))[0]                 # the next good frame is served
             assert stamp_key(h.topics["labels"].snapshot()[-1].header) == stamp_key(good)
         status = h.latest_status()
     assert status.frames_received == 9 and status.frames_processed == 5
@@ -68,6 +70,7 @@ def test_corrupt_jpeg_on_the_compressed_transport() -> None:
         good = cv2.imencode(".jpg", h.video.frame(1).image)[1].tobytes()
         corrupt.data = good[: len(good) // 3]
         h.send_msg(corrupt)
+        assert h.topics["status"].wait_for(lambda items: items[-1].frames_rejected == 1, 10.0)
         fed(jpeg(1))
         status = h.latest_status()
         labels = h.topics["labels"].snapshot()

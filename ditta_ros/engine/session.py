@@ -347,7 +347,8 @@ class Session:
                 self._last_frame = None
             threads = list(self._threads)
         for thread in threads:
-            thread.join(timeout)
+            if thread is not threading.current_thread():    # close() from on_status
+                thread.join(timeout)
         self._flush()
 
     def __enter__(self) -> Session:

@@ -22,7 +22,7 @@ import gc
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import rclpy
 import torch
@@ -33,13 +33,6 @@ from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallba
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_profile_sensor_data,
-)
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
@@ -51,95 +44,23 @@ from ditta_ros.labels import ClassSet, colorize, load_classes
 from ditta_ros.msg import AdaptationStatus
 from ditta_ros.ros import outputs
 from ditta_ros.ros.image import Decoded, compressed_to_frame, image_to_frame
+from ditta_ros.ros.loading import (
+    LATCHED_QOS,
+    STATUS_QOS,
+    LoadedSession,
+    SessionFactory,
+    check_device,
+    default_session_factory,
+    input_qos,
+    named,
+    output_qos,
+)
 from ditta_ros.ros.parameters import build_configs, declare_parameters, read_values, spec_by_name
 from ditta_ros.ros.worker import FrameStats, LatestSlot, RateLimitedLog, Worker, reason_kind
 
-StatusCallback = Callable[[SessionStatus], None]
-
-
-class LoadedSession(NamedTuple):
-    """What configure loads: the engine session and the number of classes its model has."""
-
-    session: Any          # ditta_ros.engine.session.Session (or the same interface)
-    num_classes: int
-
-
-SessionFactory = Callable[[DittaConfig, StatusCallback], LoadedSession]
-
-
-def _named(parameter: str, value: object, err: DittaError) -> DittaError:
-    """The same error type with the parameter and its value in front of the message."""
-    return type(err)(f"parameter '{parameter}' = {value!r}: {err}")
-
-
-def check_device(parameter: str, name: str) -> torch.device:
-    """A usable torch device or ConfigError naming the parameter and the fix."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise ConfigError(f"parameter '{parameter}' = {name!r} is not a torch device ({err}); "
-                          "use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"parameter '{parameter}' = {name!r}, but CUDA is not available "
-                              f"on this machine; set {parameter}:=cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"parameter '{parameter}' = {name!r}, but this machine has "
-                              f"{torch.cuda.device_count()} CUDA device(s); pick one of them")
-    elif device.type != "cpu":
-        raise ConfigError(f"parameter '{parameter}' = {name!r}: only cpu and cuda devices are "
-                          "supported")
-    return device
-
-
-def default_session_factory(config: DittaConfig, on_status: StatusCallback) -> LoadedSession:
-    """The real thing: SegFormer + DiTTA head, the SAM2 teacher, a streaming Session."""
-    from ditta_ros.engine.checkpoints import build_model
-    from ditta_ros.engine.session import Session
-    from ditta_ros.engine.teacher import build_sam2_teacher
-
-    try:
-        model = build_model(config.model, window_radius=config.fusion.window_radius)
-    except DittaError as err:
-        raise _named("model.checkpoint", config.model.checkpoint, err) from err
-    try:
-        teacher = build_sam2_teacher(config.teacher, config.model.device,
-                                     num_classes=model.num_classes)
-    except DittaError as err:
-        raise _named("teacher.sam2_checkpoint (with teacher.sam2_config "
-                     f"{config.teacher.sam2_config!r})", config.teacher.sam2_checkpoint,
-                     err) from err
-    return LoadedSession(Session(model, teacher, config, on_status), int(model.num_classes))
-
-
-def _output_qos(node: NodeConfig) -> QoSProfile:
-    reliability = (ReliabilityPolicy.RELIABLE if node.output_reliability == "reliable"
-                   else ReliabilityPolicy.BEST_EFFORT)
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=node.output_depth,
-                      reliability=reliability, durability=DurabilityPolicy.VOLATILE)
-
-
-def _input_qos(node: NodeConfig) -> QoSProfile:
-    """The sensor-data profile (best effort, volatile) with configurable reliability/depth."""
-    reliability = (ReliabilityPolicy.RELIABLE if node.input_reliability == "reliable"
-                   else ReliabilityPolicy.BEST_EFFORT)
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=node.input_depth,
-                      reliability=reliability, durability=qos_profile_sensor_data.durability)
-
-
-# Entities this node destroys while the executor spins (outputs at cleanup, the input at
-# deactivate) get no QoS event handlers: in rclpy 9 (Kilted) destroying an entity whose event
-# handler the executor is adding to its wait set raises InvalidHandle in the executor thread
-# and ends spin() (seen in this project's tests). The cost: no "incompatible QoS" warning for
-# these topics; the input defaults to best effort, which every camera publisher matches.
-_NO_EVENTS_WHY = "rclpy destroy-while-spinning race"
-
-STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=20,
-                        reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.VOLATILE)
-LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                         reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Re-exported: tests and tools build sessions and factories through this module.
+__all__ = ["LATCHED_QOS", "DittaNode", "LoadedSession", "SessionFactory",
+           "default_session_factory", "main", "run"]
 
 
 class DittaNode(LifecycleNode):
@@ -226,7 +147,7 @@ class DittaNode(LifecycleNode):
         msg_type, topic = ((CompressedImage, "image/compressed")
                            if node_cfg.transport == "compressed" else (Image, "image"))
         self._subscription = self.create_subscription(
-            msg_type, topic, self._on_image, _input_qos(node_cfg),
+            msg_type, topic, self._on_image, input_qos(node_cfg),
             callback_group=self._input_group,
             event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
         self._set_lifecycle("active")
@@ -279,7 +200,7 @@ class DittaNode(LifecycleNode):
         try:
             classes = load_classes(node_cfg.classes)
         except DittaError as err:
-            raise _named("classes", node_cfg.classes, err) from err
+            raise named("classes", node_cfg.classes, err) from err
         loaded = self._factory(engine_cfg, self._on_session_status)
         with self._lock:
             self._session, self._num_classes = loaded.session, loaded.num_classes
@@ -294,7 +215,7 @@ class DittaNode(LifecycleNode):
             try:
                 loaded.session.load_adaptation(node_cfg.adaptation_file)
             except DittaError as err:
-                raise _named("adaptation_file", node_cfg.adaptation_file, err) from err
+                raise named("adaptation_file", node_cfg.adaptation_file, err) from err
         self._create_outputs(node_cfg)
         self._stats.reset()
         self._last_size, self._resolution_changes = None, 0
@@ -302,9 +223,9 @@ class DittaNode(LifecycleNode):
         self._last_phase = None
 
     def _create_outputs(self, node_cfg: NodeConfig) -> None:
-        qos = _output_qos(node_cfg)
+        qos = output_qos(node_cfg)
         pubs = self._out_pubs
-        events = PublisherEventCallbacks(use_default_callbacks=False)  # see _NO_EVENTS_WHY
+        events = PublisherEventCallbacks(use_default_callbacks=False)  # see loading.py
         for name in ("labels", "labels_color", "overlay", "confidence"):
             pubs[name] = self.create_lifecycle_publisher(Image, f"~/{name}", qos,
                                                          event_callbacks=events)
@@ -390,9 +311,10 @@ class DittaNode(LifecycleNode):
         except InputError as err:
             self._reject(str(err), msg.header.frame_id)
             return
-        self._publish_result(msg.header, decoded, result, node_cfg, classes, num_classes)
-        self._stats.processed(time.monotonic() - received, result.inference_s)
         self._serving = result.source
+        self._stats.processed(result.inference_s)
+        self._publish_result(msg.header, decoded, result, node_cfg, classes, num_classes)
+        self._stats.published(time.monotonic() - received)
 
     def _publish_result(self, header: Any, decoded: Decoded, result: Any, node_cfg: NodeConfig,
                         classes: ClassSet, num_classes: int) -> None:
@@ -432,6 +354,7 @@ class DittaNode(LifecycleNode):
             total = self._stats.snapshot().rejected
             self.get_logger().warning(f"rejected frame (frame_id '{frame_id}', {total} rejected "
                                       f"so far): {reason}{more}")
+            self.publish_status()  # as rate-limited as the log line
 
     def _worker_error(self, err: BaseException) -> None:
         reason = f"internal error: {type(err).__name__}: {err}"

@@ -147,12 +147,18 @@ class FrameStats:
             self._dropped += int(dropped_previous)
             self._in_times.append(self._clock())
 
-    def processed(self, latency_s: float, inference_s: float) -> None:
+    def processed(self, inference_s: float) -> None:
+        """A frame went through the model (counted before its outputs go out, so that a
+        subscriber that has the labels also sees the frame counted)."""
         with self._lock:
             self._processed += 1
-            self._latency.append(latency_s)
             self._inference.append(inference_s)
             self._out_times.append(self._clock())
+
+    def published(self, latency_s: float) -> None:
+        """A processed frame's outputs are out, ``latency_s`` after it was received."""
+        with self._lock:
+            self._latency.append(latency_s)
 
     def rejected(self, reason: str) -> None:
         with self._lock:
