@@ -8,8 +8,8 @@ input), measured in one run, interleaved, as medians over repeats and ratios to 
 - ``clip``: the research code's way, the (t-1, t) pair through the whole network per frame.
 
 Peak memory per mode: CUDA ``max_memory_allocated``; CPU the process's peak resident set
-(VmHWM, reset through /proc/self/clear_refs before each call) above the resident set at the
-reset. The add-on alone is also measured at several map sizes to show its memory is O(hw).
+(VmHWM, reset through /proc/self/clear_refs before each call, after malloc_trim so that
+freed heap pages are returned first) above the resident set at the reset. The add-on alone is also measured at several map sizes to show its memory is O(hw).
 
 Adaptation split (stages A / B / C) for 10 warm-up frames with the tiny models: tiny
 SegFormer and a random SAM2 hiera-t at a small image size.
@@ -52,6 +52,18 @@ MODES = ("iss", "stream", "clip")
 # ----------------------------------------------------------------------------- measuring
 
 
+def _libc() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
 class PeakMemory:
     """Peak memory of one call: CUDA allocator peak, or the CPU resident-set high-water mark."""
 
@@ -74,6 +86,8 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         elif self.cpu_ok:
+            if _LIBC is not None:
+                _LIBC.malloc_trim(0)              # hand freed heap pages back: count reuse too
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")                      # reset VmHWM to the current VmRSS
             self._base = self._status_kib("VmRSS") * 1024

@@ -38,14 +38,14 @@ def as_encoding(frame_bgr: np.ndarray, encoding: str) -> np.ndarray:
 def write_bag(path: Path, frames: int = 8, seed: int = 0, storage: str = "sqlite3",
               encoding: str = "bgr8", labels: bool = True, label_raw_offset: int = 0,
               label_stamp_shift: int = 0, label_encoding: str = "mono8",
-              label_type: str = "image") -> Path:
+              label_type: str = "image", video: SyntheticVideo | None = None) -> Path:
     """A bag of a synthetic video: images (``encoding`` or "jpeg") and optional labels.
 
     label_raw_offset is added to the stored label ids (e.g. 1 for VSPW-style raw ids);
     label_stamp_shift moves the label stamps (non-zero: no label matches a frame);
     label_type "compressed" writes the labels as a CompressedImage (a wrong type).
     """
-    video = synthetic(seed)
+    video = video or synthetic(seed)
     with BagWriter(path, storage) as writer:
         for t in range(frames):
             item = video.frame(t)

@@ -4,6 +4,7 @@ loop on a tiny seeded SegFormer (real transformers model, 64 x 96 frames)."""
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -200,6 +201,16 @@ def _run(model: DittaModel, count: int = 3, config: AdaptationConfig = FAST,
                  **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads; on a shared CPU spinning OpenMP
+    workers slow them down many times over. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def base() -> DittaModel:
     return _model()
@@ -221,12 +232,12 @@ def test_adapt_returns_a_new_model_and_leaves_the_input_alone(base: DittaModel) 
 
 
 def test_bn_running_statistics_follow_the_adaptation(base: DittaModel) -> None:
-    adapted = _run(base)
-    bn_before = base.iss.model.decode_head.batch_norm
-    bn = adapted.iss.model.decode_head.batch_norm
-    assert int(bn.num_batches_tracked) == int(bn_before.num_batches_tracked) + 2 * 3
-    assert not torch.equal(bn.running_mean, bn_before.running_mean)
-    assert not torch.equal(bn.running_var, bn_before.running_var)
+    before, after = _state(base), _state(_run(base))
+    bn = "iss.model.decode_head.batch_norm."
+    count = bn + "num_batches_tracked"
+    assert int(after[count]) == int(before[count]) + 2 * 3     # one update per step
+    assert not _same(before, after, bn + "running_mean")
+    assert not _same(before, after, bn + "running_var")
 
 
 def test_one_warmup_frame_leaves_the_addon_untouched(base: DittaModel) -> None:
@@ -288,8 +299,7 @@ def test_reported_losses_are_taken_before_the_step() -> None:
 def test_momentum_model_is_an_ema_of_the_parameters(base: DittaModel) -> None:
     frames, gt = _clip(2)
     inputs = torch.from_numpy(np.stack([preprocess.prepare(f, W, H) for f in frames]))
-    per_frame = [_frame_targets(gt[t].astype(np.int32), gt[t], torch.device("cpu"))
-                 for t in range(2)]
+    per_frame = [_frame_targets(gt[t].astype(np.int32), gt[t]) for t in range(2)]
     run = _Adaptation(base, inputs, (H, W), per_frame, FAST, torch.device("cpu"))
     with torch.enable_grad():
         run.step(0)
@@ -344,3 +354,35 @@ def test_nothing_to_distil_and_bad_inputs_are_refused(base: DittaModel) -> None:
     with pytest.raises(ConfigError, match="both off"):
         adapt(base, frames, gt, _targets(gt), MODEL_CONFIG,
               replace(FAST, distill=False, contrastive=False), "cpu")
+
+
+def test_frame_targets_index_objects_in_ascending_id_order() -> None:
+    rendered = np.array([[0, 7, 7], [3, 0, 12]], np.int32)
+    label = np.ones((2, 3), np.int64)
+    target = _frame_targets(rendered, label)
+    assert target.object_ids == (3, 7, 12)
+    np.testing.assert_array_equal(target.object_index.numpy(), [[-1, 1, 1], [0, -1, 2]])
+    assert target.label.shape == (1, 2, 3)
+    assert _frame_targets(np.full((2, 2), 5, np.int32), label[:, :2]).object_ids == (5,)
+
+
+def test_prototypes_persist_across_steps(base: DittaModel) -> None:
+    frames, gt = _clip(2)
+    inputs = torch.from_numpy(np.stack([preprocess.prepare(f, W, H) for f in frames]))
+    per_frame = [_frame_targets(gt[t].astype(np.int32), gt[t]) for t in range(2)]
+    run = _Adaptation(base, inputs, (H, W), per_frame, FAST, torch.device("cpu"))
+    with torch.enable_grad():
+        run.step(0)
+        first = {i: run.store.get(i) for i in per_frame[0].object_ids}
+        run.step(1)
+    assert len(run.store) == len(set(per_frame[0].object_ids) | set(per_frame[1].object_ids))
+    for object_id, old in first.items():
+        new = run.store.get(object_id)
+        assert old is not None and new is not None and not torch.equal(old, new)
+        assert float(new.norm()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_adapt_runs_under_a_callers_inference_mode(base: DittaModel) -> None:
+    with torch.inference_mode():
+        adapted = _run(base, count=2, config=replace(FAST, iterations=1))
+    assert not _same(_state(base), _state(adapted), "projection.")

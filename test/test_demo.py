@@ -30,8 +30,10 @@ def test_demo_writes_labels_overlays_status_and_summary(tmp_path: Path, capsys) 
     assert phases[0] == "warmup" and "adapting" in phases
     assert summary["final_phase"] in ("adapted", "failed")
     assert summary["frames_processed"] > 0 and summary["latency_ms"]["count"] > 0
-    assert summary["frames_sent"] == (summary["frames_processed"] + summary["frames_dropped"]
-                                      + summary["frames_rejected"])
+    received = summary["frames_received"]
+    assert 0 < received <= summary["frames_sent"]
+    assert received == (summary["frames_processed"] + summary["frames_dropped"]
+                        + summary["frames_rejected"])
     labels = sorted((out / "labels").glob("*.png"))
     overlays = sorted((out / "overlay").glob("*.png"))
     assert len(labels) == summary["labels_received"] and overlays

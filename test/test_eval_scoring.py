@@ -10,7 +10,7 @@ import pytest
 
 from ditta_ros.engine.errors import InputError
 from ditta_ros.tools.datasets import VideoRef, shard
-from ditta_ros.tools.eval import _Scorer, _strip_indices, select_videos
+from ditta_ros.tools.evaluation import Scorer, select_videos, strip_indices
 from ditta_ros.tools.report import (
     MethodResult,
     VideoResult,
@@ -27,7 +27,7 @@ PRED = np.array([[0, 1], [1, 1]])
 
 def _scored(frames: int = 10) -> MethodResult:
     """GT constant over ``frames`` frames; the prediction flips pixel (1, 1) on frame 3."""
-    scorer = _Scorer(MethodResult.empty(2))
+    scorer = Scorer(MethodResult.empty(2))
     for t in range(frames):
         pred = PRED.copy()
         if t == 3:
@@ -54,7 +54,7 @@ def test_known_prediction_gives_hand_computed_metrics() -> None:
 
 
 def test_frames_without_ground_truth_break_windows() -> None:
-    scorer = _Scorer(MethodResult.empty(2))
+    scorer = Scorer(MethodResult.empty(2))
     for t in range(20):
         scorer.add(PRED, None if t == 9 else GT, label_free=False, seconds=0.1)
     res = scorer.finish()
@@ -65,7 +65,7 @@ def test_frames_without_ground_truth_break_windows() -> None:
 
 
 def test_label_free_consistency_counts_every_pixel() -> None:
-    scorer = _Scorer(MethodResult.empty(2))
+    scorer = Scorer(MethodResult.empty(2))
     for t in range(10):
         pred = PRED.copy()
         if t == 3:
@@ -118,7 +118,7 @@ def test_shards_are_a_deterministic_partition() -> None:
         shard(refs, 3, 3)
 
 
-def test_strip_indices() -> None:
-    assert _strip_indices(2, 10, 3) == [2, 6, 9]
-    assert _strip_indices(5, 6, 4) == [5]
-    assert _strip_indices(2, 10, 0) == []
+def teststrip_indices() -> None:
+    assert strip_indices(2, 10, 3) == [2, 6, 9]
+    assert strip_indices(5, 6, 4) == [5]
+    assert strip_indices(2, 10, 0) == []

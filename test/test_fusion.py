@@ -22,12 +22,13 @@ from ditta_ros.engine.errors import ConfigError, InputError
 from ditta_ros.engine.fusion import (
     TIE_WEIGHT,
     StreamPredictor,
+    branch_reliability,
     clip_output,
     fuse,
     fusion_weight,
     predict_clip,
 )
-from ditta_ros.engine.reliability import iss_labels
+from ditta_ros.engine.reliability import iss_labels, reliability
 
 FUSION = FusionConfig()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -67,6 +68,18 @@ def test_fuse_mixes_by_reliability_only_where_the_plain_branch_is_unsure() -> No
         torch.testing.assert_close(out[..., i], w * plain[..., i] + (1 - w) * addon[..., i])
     assert r1[2] == 0.0 and out[0, 0, 0, 1] == pytest.approx(0.2)   # pixel 1: w = 0
     torch.testing.assert_close(out.sum(dim=1), torch.ones(1, 1, 3))
+
+
+def test_branch_reliability_is_stage_a_reliability_up_to_rounding() -> None:
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(2, 7, 5, 6, generator=gen) * 4, dim=1)
+    probs[0, :, 0, 0] = torch.tensor([1.0, 0, 0, 0, 0, 0, 0])       # 0 log 0 = 0
+    ours = branch_reliability(probs)
+    torch.testing.assert_close(ours, reliability(probs), rtol=0, atol=1e-6)
+    assert ours[0, 0, 0] == 1.0 and ours.amin(dim=(1, 2)).eq(0).all()
+    certain = torch.zeros(1, 3, 2, 2)
+    certain[:, 1] = 1.0
+    assert branch_reliability(certain).eq(1.0).all()                # all-certain frame
 
 
 def test_fuse_rejects_mismatched_shapes() -> None:

@@ -270,3 +270,81 @@ def test_identity_names_the_base_model() -> None:
     assert model_identity(adapted.iss) != a.identity
     # dropout / drop-path rates are not part of the base model
     assert build_model(tiny_config(dropout=0.3, drop_path=0.2), "cpu").identity == a.identity
+
+
+# --- tiled local attention: gradients, tile edges, dtypes, memory --------------------------
+
+def _qkv(b: int, d: int, c: int, h: int, w: int, seed: int,
+         dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(b, ch, h, w, generator=g, dtype=dtype) for ch in (d, d, c))
+
+
+@pytest.mark.parametrize("radius, h, w", [(1, 9, 10), (2, 17, 8), (3, 8, 16), (5, 12, 21),
+                                          (0, 5, 9), (2, 1, 1), (4, 26, 3)])
+def test_local_attention_gradients_equal_dense_reference_float64(radius: int, h: int,
+                                                                  w: int) -> None:
+    # Maps that are not multiples of the tile, tiles whose padding lies more than r beyond
+    # the map (h = 9, r = 1: no key of those rows exists), several rows of tiles.
+    q, k, v = (t.requires_grad_() for t in _qkv(2, 5, 3, h, w, h * 31 + w,
+                                                dtype=torch.float64))
+    grad_out = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(7),
+                           dtype=torch.float64)
+    got = local_attention(q, k, v, radius)
+    ref = dense_local_attention(q, k, v, radius)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    got_grads = torch.autograd.grad(got, (q, k, v), grad_out)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad_out)
+    for name, a, b in zip("qkv", got_grads, ref_grads, strict=True):
+        assert torch.isfinite(a).all(), name
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_local_attention_passes_gradcheck() -> None:
+    q, k, v = (t.requires_grad_() for t in _qkv(1, 3, 2, 3, 10, 5, dtype=torch.float64))
+    assert torch.autograd.gradcheck(lambda a, b, c: local_attention(a, b, c, 2), (q, k, v))
+
+
+def test_local_attention_accepts_channels_last_views() -> None:
+    # TemporalAddon hands q and k over as permuted views of (B, h, w, D) tensors.
+    q, k, v = _qkv(2, 6, 4, 11, 19, 3)
+    q_view = q.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    k_view = k.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    torch.testing.assert_close(local_attention(q_view, k_view, v, 3),
+                               dense_local_attention(q, k, v, 3), rtol=1e-5, atol=1e-5)
+
+
+def test_local_attention_scores_stay_float32_under_autocast() -> None:
+    # Autocast would run the score product in bfloat16 (errors ~1e-2); the function opts out.
+    q, k, v = _qkv(1, 32, 4, 10, 12, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = local_attention(q, k, v, 2)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, dense_local_attention(q, k, v, 2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
+def test_local_attention_low_precision_inputs(dtype: torch.dtype, tol: float) -> None:
+    q, k, v = (t.to(dtype) for t in _qkv(1, 16, 4, 10, 12, 4))
+    got = local_attention(q, k, v, 2)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    reference = dense_local_attention(q.float(), k.float(), v.float(), 2)
+    torch.testing.assert_close(got.float(), reference, rtol=tol, atol=tol)
+
+
+def _largest_tensor_inference(h: int, w: int, d: int, c: int, r: int) -> int:
+    q, k, v = _qkv(1, d, c, h, w, 0)
+    with torch.inference_mode(), _LargestTensor() as probe:
+        local_attention(q, k, v, r)
+    return probe.largest
+
+
+def test_local_attention_memory_grows_linearly_with_the_map() -> None:
+    # Inference works one row of tiles at a time: with D and C small the largest tensor is a
+    # row's scores, so a taller map (more rows of tiles) makes no larger tensor.
+    d, c, r = 16, 8, 5
+    small = _largest_tensor_inference(40, 64, d, c, r)
+    large = _largest_tensor_inference(80, 64, d, c, r)
+    assert large <= 1.1 * small
+    assert large <= max(d, c, (2 * r + 1) ** 2) * (80 + 2 * r + 8) * (64 + 2 * r + 8)

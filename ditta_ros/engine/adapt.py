@@ -138,22 +138,21 @@ def contrastive_loss(features: Tensor, prototypes: Tensor, target: Tensor,
 
 @dataclass(frozen=True)
 class _FrameTargets:
-    """What one warm-up frame contributes: its Eq. 5 label and its rendered objects."""
+    """What one warm-up frame contributes (kept on the CPU, moved to the device per step)."""
 
-    label: Tensor             # (1, H, W) int64
+    label: Tensor                 # (1, H, W) int64 Eq. 5 label
     object_ids: tuple[int, ...]   # ascending ids present in the rendered map
-    object_index: Tensor      # (H, W) int64 index into object_ids, -1 = no object
+    object_index: Tensor          # (H, W) int64 index into object_ids, -1 = no object
 
 
-def _frame_targets(rendered: np.ndarray, label: np.ndarray,
-                   device: torch.device) -> _FrameTargets:
-    present = np.unique(rendered)
+def _frame_targets(rendered: np.ndarray, label: np.ndarray) -> _FrameTargets:
+    present, inverse = np.unique(rendered, return_inverse=True)
+    inverse = inverse.reshape(rendered.shape).astype(np.int64)
+    if present.size and present[0] == 0:
+        inverse -= 1                           # id 0 (no object) becomes -1 (ignored)
     ids = tuple(int(i) for i in present if i != 0)
-    index = np.full(rendered.shape, -1, np.int64)
-    for k, object_id in enumerate(ids):
-        index[rendered == object_id] = k
-    return _FrameTargets(torch.from_numpy(label[None]).to(device), ids,
-                         torch.from_numpy(index).to(device))
+    return _FrameTargets(torch.from_numpy(label[None].astype(np.int64)), ids,
+                         torch.from_numpy(inverse))
 
 
 def _parameter_group(model: DittaModel, which: str) -> list[nn.Parameter]:
@@ -195,6 +194,7 @@ class _Adaptation:
     def __init__(self, model: DittaModel, inputs: Tensor, frame_hw: tuple[int, int],
                  per_frame: list[_FrameTargets], config: AdaptationConfig,
                  device: torch.device) -> None:
+        self.device = device
         self.live = copy.deepcopy(model).to(device)
         self.momentum = copy.deepcopy(model).to(device)
         self.momentum.requires_grad_(False)        # follows the live model by EMA only
@@ -204,20 +204,25 @@ class _Adaptation:
             weight_decay=config.weight_decay)
         self.live.train()
         self.momentum.train()
-        self.inputs = inputs                       # (W_n, 3, Hin, Win)
+        self.inputs = inputs                       # (W_n, 3, Hin, Win), on the CPU
         self.input_hw = (int(inputs.shape[2]), int(inputs.shape[3]))
         self.frame_hw = frame_hw
         self.per_frame = per_frame
         self.config = config
         self.store = PrototypeStore()
 
+    def _target(self, t: int) -> _FrameTargets:
+        cpu = self.per_frame[t]
+        return _FrameTargets(cpu.label.to(self.device), cpu.object_ids,
+                             cpu.object_index.to(self.device))
+
     def _upsample(self, logits: Tensor) -> Tensor:
         return preprocess.to_frame_size(logits, self.input_hw, self.frame_hw)
 
     def step(self, t: int) -> tuple[float, float | None, float | None, float]:
         """One optimiser step on warm-up frame t; losses (before the step) as floats."""
-        cfg, target = self.config, self.per_frame[t]
-        clip = self.inputs[max(t - 1, 0):t + 1]      # (2 or 1, 3, Hin, Win)
+        cfg, target = self.config, self._target(t)
+        clip = self.inputs[max(t - 1, 0):t + 1].to(self.device)   # (2 or 1, 3, Hin, Win)
         self.optimizer.zero_grad(set_to_none=True)   # untouched params stay untouched
         feats, logits = self.live.iss.forward_features(clip)   # (B,D,h,w), (B,C,h,w)
         plain = distill_loss(self._upsample(logits[-1:]), target.label,
@@ -227,8 +232,10 @@ class _Adaptation:
             addon_logits = self.live.addon(feats[1:], feats[:1], logits[:1])   # (1,C,h,w)
             addon = distill_loss(self._upsample(addon_logits), target.label,
                                  cfg.ce_on_probabilities)
-        contrast = self._contrastive(clip, feats[-1:], t) if cfg.contrastive else None
+        contrast = self._contrastive(clip, feats[-1:], target) if cfg.contrastive else None
         total = torch.zeros((), device=clip.device)
+        # L_distill = CE(plain) + CE(add-on), each a mean over the frame's pixels, as
+        # ALGORITHM.md writes it (not the mean of the two halves of the clip batch).
         if cfg.distill:
             total = total + plain + (addon if addon is not None else 0.0)
         if contrast is not None:
@@ -241,10 +248,14 @@ class _Adaptation:
                 _value(addon) if addon is not None and cfg.distill else None,
                 _value(contrast) if contrast is not None else None, _value(total))
 
-    def _contrastive(self, clip: Tensor, live_feats: Tensor, t: int) -> Tensor | None:
-        """Eq. 6-7 on frame t, None when it has no rendered object. The momentum model runs
-        only here, after the live model: nothing else reads it."""
-        target = self.per_frame[t]
+    def _contrastive(self, clip: Tensor, live_feats: Tensor,
+                     target: _FrameTargets) -> Tensor | None:
+        """Eq. 6-7 on the clip's current frame, None when it has no rendered object.
+
+        The momentum model runs after the live model, and only here: on a step without the
+        contrastive term nothing reads it, and skipping it changes only its own (unused) BN
+        statistics and which random numbers its dropout would have drawn.
+        """
         if not target.object_ids:
             return None
         live = normalized_features(self.live.projection(live_feats), self.frame_hw)
@@ -291,19 +302,20 @@ def adapt(model: DittaModel, frames: Sequence[np.ndarray], iss_labels: np.ndarra
     _check_inputs(model, frames, iss_labels, targets, config)
     dev = torch.device(device)
     frame_hw = (int(frames[0].shape[0]), int(frames[0].shape[1]))
-    inputs = torch.from_numpy(np.stack([
-        preprocess.prepare(f, model_config.fit_long, model_config.fit_short) for f in frames
-    ])).to(dev)                                                       # (W_n, 3, Hin, Win)
+    prepared = np.stack([preprocess.prepare(f, model_config.fit_long, model_config.fit_short)
+                         for f in frames])                           # (W_n, 3, Hin, Win)
     labels = distillation_labels(targets.object_ids, targets.class_of(), iss_labels)
-    per_frame = [_frame_targets(targets.object_ids[t], labels[t], dev)
-                 for t in range(len(frames))]
     total_steps = config.iterations * len(frames)
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] \
         if dev.type == "cuda" else []
-    # fork_rng: seed the dropout/drop-path draws without disturbing the caller's generator
-    with torch.random.fork_rng(devices=cuda), torch.enable_grad():
+    # fork_rng: seed the dropout/drop-path draws without disturbing the caller's generator.
+    # Every tensor is made inside inference_mode(False) + enable_grad, so adaptation also
+    # works when the caller runs under inference mode or no_grad.
+    with torch.random.fork_rng(devices=cuda), torch.inference_mode(False), torch.enable_grad():
         torch.manual_seed(config.seed)
-        run = _Adaptation(model, inputs, frame_hw, per_frame, config, dev)
+        per_frame = [_frame_targets(targets.object_ids[t], labels[t])
+                     for t in range(len(frames))]
+        run = _Adaptation(model, torch.from_numpy(prepared), frame_hw, per_frame, config, dev)
         for step, (i, t) in enumerate(_schedule(len(frames), config.iterations)):
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"adaptation cancelled after {step} of {total_steps} "

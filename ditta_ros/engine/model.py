@@ -7,7 +7,7 @@ Three parts, each a plain ``nn.Module``:
   plain logits L at 1/4 of the input size. It fixes the numerics where transformers differs
   from the reference MiT (LayerNorm eps, channel-wise decoder dropout, drop-path rates).
 - :class:`TemporalAddon`: MLP_q, MLP_k and the local-window attention over the previous
-  frame, gathered window by window so memory is O(hw * (2r+1)^2), never O((hw)^2).
+  frame, computed tile by tile so memory is O(hw), never O((hw)^2).
 - :class:`ProjectionHead`: the contrastive loss's 1x1-conv head.
 
 :class:`DittaModel` holds the three and knows which tensors adaptation may change.
@@ -227,9 +227,9 @@ class SegformerISS(nn.Module):
         }
 
 
-def _window_offsets(radius: int) -> list[tuple[int, int]]:
-    side = 2 * radius + 1
-    return [(dy, dx) for dy in range(side) for dx in range(side)]
+# Queries are cut into _TILE x _TILE tiles; 8 measured fastest (with 6) on one and two CPU
+# threads at B0 size, see bench/bench_addon.py.
+_TILE = 8
 
 
 def local_attention(q: Tensor, k: Tensor, v: Tensor, radius: int) -> Tensor:
@@ -239,28 +239,112 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, radius: int) -> Tensor:
     inside the (2r+1)^2 window centred on p; positions outside the map are excluded (not
     zero candidates); weights = softmax of the raw dot product (no 1/sqrt(D)).
 
-    The window is walked offset by offset over zero-padded views, so the largest tensor is
-    the (B, (2r+1)^2, h, w) score map: memory O(hw (2r+1)^2) also under autograd, because
-    the saved tensors are views of one padded copy of k and v.
+    Tiled dense attention: the map is cut into T x T query tiles (T = 8); every window of a
+    tile lies inside the tile's (T+2r) x (T+2r) key neighbourhood, so one batched matmul per
+    row of tiles scores each tile's T^2 queries against its (T+2r)^2 keys, an additive bias
+    (-inf) removes the keys outside each pixel's window or outside the map, and a second
+    batched matmul sums the values. It computes (T+2r)^2 / (2r+1)^2 = 2.7 times the needed
+    products (r = 5), but as large matrix products instead of (2r+1)^2 memory-bound passes
+    over the whole map, which is many times faster (bench/bench_addon.py).
+
+    Memory: the channels-last padded copies of q, k, v (O(hw (D + C))), then per row of
+    tiles its gathered keys and values ((T+2r)^2 / T^2 = 5 times their share of k and v)
+    and its (T^2 x (T+2r)^2) scores. Nothing is O((hw)^2). Under autograd every row of tiles
+    keeps its gathered keys, values and weights for the backward pass: O(hw ((T+2r)^2 / T^2
+    (D + C) + (T+2r)^2)) in all.
+
+    Scores accumulate and normalise in float32 (float64 for float64 inputs), also for
+    float16/bfloat16 inputs and under autocast: a 256-term dot product overflows float16 long
+    before one product does. The weights are cast to v's dtype for the value sum. The result
+    is channels-last in memory (a permuted view), which interpolation and the losses take
+    as is.
     """
-    b, _, h, w = q.shape
-    offsets = _window_offsets(radius)
-    k_pad = F.pad(k, (radius, radius, radius, radius))  # (B, D, h+2r, w+2r)
-    # Scores accumulate and normalise in float32 even for float16 inputs (stage D's half
-    # mode): a 256-term dot product overflows float16 long before one product does.
-    scores = torch.stack(
-        [(q * k_pad[:, :, dy:dy + h, dx:dx + w]).sum(dim=1, dtype=torch.float32)
-         for dy, dx in offsets], dim=1)  # (B, K, h, w) float32
-    inside = F.pad(q.new_ones((1, 1, h, w), dtype=torch.bool),
-                   (radius, radius, radius, radius))  # (1, 1, h+2r, w+2r)
-    valid = torch.cat([inside[:, :, dy:dy + h, dx:dx + w] for dy, dx in offsets],
-                      dim=1)  # (1, K, h, w)
-    weights = scores.masked_fill(~valid, float("-inf")).softmax(dim=1).to(v.dtype)
-    v_pad = F.pad(v, (radius, radius, radius, radius))  # (B, C, h+2r, w+2r)
-    out = v.new_zeros(v.shape)
-    for index, (dy, dx) in enumerate(offsets):
-        out = out + weights[:, index:index + 1] * v_pad[:, :, dy:dy + h, dx:dx + w]
-    return out  # (B, C, h, w)
+    b, d, h, w = q.shape
+    c = v.shape[1]
+    t = _TILE
+    n = t + 2 * radius  # side of a tile's key neighbourhood
+    rows, cols = -(-h // t), -(-w // t)  # tiles per column and per row
+    extra_h, extra_w = rows * t - h, cols * t - w  # padding that makes the tiles fit
+    score_dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.float32)
+    with torch.autocast(q.device.type, enabled=False):  # keep the dtypes chosen here
+        q_hwc = _pad_hwc(q.to(score_dtype), 0, extra_h, 0, extra_w)  # (B, rows*T, cols*T, D)
+        k_hwc = _pad_hwc(k.to(score_dtype), radius, radius + extra_h, radius,
+                         radius + extra_w)  # (B, rows*T + 2r, cols*T + 2r, D)
+        v_hwc = _pad_hwc(v, radius, radius + extra_h, radius,
+                         radius + extra_w)  # (B, rows*T + 2r, cols*T + 2r, C)
+        row_bias = _axis_bias(h, rows, t, radius, score_dtype, q.device)  # (rows, T, n)
+        col_bias = _axis_bias(w, cols, t, radius, score_dtype, q.device)  # (cols, T, n)
+        # Views of every tile, one entry per row of tiles (unbind: its backward is one stack,
+        # where slicing row by row would zero-fill a whole-map gradient per row).
+        q_rows = q_hwc.unfold(1, t, t).unfold(2, t, t).unbind(1)  # (B, cols, D, T, T) each
+        k_rows = k_hwc.unfold(1, n, t).unfold(2, n, t).unbind(1)  # (B, cols, D, n, n) each
+        v_rows = v_hwc.unfold(1, n, t).unfold(2, n, t).unbind(1)  # (B, cols, C, n, n) each
+        bands: list[Tensor] = []
+        interior: Tensor | None = None
+        for i in range(rows):
+            if _is_interior(i, t, radius, h):  # keys clipped by the window alone
+                if interior is None:
+                    interior = _tile_bias(row_bias[i], col_bias)
+                bias = interior
+            else:
+                bias = _tile_bias(row_bias[i], col_bias)  # (cols, T*T, n*n)
+            q_tiles = _flatten_tiles(q_rows[i])  # (B*cols, T*T, D)
+            k_tiles = _flatten_tiles(k_rows[i])  # (B*cols, n*n, D)
+            v_tiles = _flatten_tiles(v_rows[i])  # (B*cols, n*n, C)
+            scores = torch.baddbmm(bias.expand(b, -1, -1, -1).reshape(b * cols, t * t, n * n),
+                                   q_tiles, k_tiles.transpose(1, 2))  # (B*cols, T*T, n*n)
+            weights = scores.softmax(dim=-1).to(v.dtype)
+            out = torch.bmm(weights, v_tiles)  # (B*cols, T*T, C)
+            bands.append(out.reshape(b, cols, t, t, c).transpose(1, 2)
+                         .reshape(b, t, cols * t, c))  # (B, T, cols*T, C)
+        out = torch.cat(bands, dim=1)[:, :h, :w]  # (B, h, w, C)
+    return out.permute(0, 3, 1, 2)  # (B, C, h, w)
+
+
+def _pad_hwc(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
+    """(B, D, h, w) -> zero-padded channels-last (B, top+h+bottom, left+w+right, D)."""
+    x_hwc = x.permute(0, 2, 3, 1)
+    if top == bottom == left == right == 0:
+        return x_hwc
+    return F.pad(x_hwc, (0, 0, left, right, top, bottom))
+
+
+def _flatten_tiles(tiles: Tensor) -> Tensor:
+    """(B, tiles, D, s, s) square views -> (B * tiles, s*s, D), each square row by row (a
+    copy: the batched matmuls want one matrix per tile)."""
+    b, count, d, s, _ = tiles.shape
+    return tiles.permute(0, 1, 3, 4, 2).reshape(b * count, s * s, d)
+
+
+def _axis_bias(length: int, tiles: int, t: int, radius: int, dtype: torch.dtype,
+               device: torch.device) -> Tensor:
+    """Score bias along one axis, (tiles, T, T + 2r): 0 where neighbourhood position j may
+    serve tile position a, -inf where j is outside a's window or outside the map.
+
+    Queries in the padding (a beyond the map) keep their whole window, so no row of scores
+    is all -inf: their softmax stays finite, and their (cropped) output gets no gradient.
+    """
+    a = torch.arange(t, device=device)[:, None]  # (T, 1) query position in the tile
+    j = torch.arange(t + 2 * radius, device=device)[None, :]  # (1, n) neighbourhood position
+    start = torch.arange(tiles, device=device)[:, None, None] * t  # (tiles, 1, 1)
+    in_window = (j >= a) & (j <= a + 2 * radius)  # (T, n)
+    key_inside = (start + j - radius >= 0) & (start + j - radius < length)  # (tiles, 1, n)
+    query_outside = start + a >= length  # (tiles, T, 1)
+    keep = in_window & (key_inside | query_outside)  # (tiles, T, n)
+    return torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill_(~keep,
+                                                                              float("-inf"))
+
+
+def _tile_bias(row_bias: Tensor, col_bias: Tensor) -> Tensor:
+    """(T, n) bias of one row of tiles + (cols, T, n) column bias -> (cols, T*T, n*n)."""
+    cols, t, n = col_bias.shape
+    bias = row_bias[None, :, None, :, None] + col_bias[:, None, :, None, :]  # (cols,T,T,n,n)
+    return bias.reshape(cols, t * t, n * n)
+
+
+def _is_interior(i: int, t: int, radius: int, length: int) -> bool:
+    """Whether every window of tile row (or column) i lies inside the map."""
+    return i * t - radius >= 0 and (i + 1) * t - 1 + radius < length
 
 
 def dense_local_attention(q: Tensor, k: Tensor, v: Tensor, radius: int) -> Tensor:

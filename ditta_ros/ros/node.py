@@ -139,7 +139,8 @@ class DittaNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         header = Header()
         header.stamp = self.get_clock().now().to_msg()
-        self._out_pubs["label_info"].publish(outputs.label_info(self._names, header))
+        if "label_info" in self._out_pubs:
+            self._out_pubs["label_info"].publish(outputs.label_info(self._names, header))
         self._slot.clear()
         worker: Worker[tuple[Any, float]] = Worker(self._slot, self._process, self._worker_error)
         self._worker = worker
@@ -176,6 +177,11 @@ class DittaNode(LifecycleNode):
         self._unload()
         self._set_lifecycle("unconfigured")
         return TransitionCallbackReturn.SUCCESS
+
+    def release(self) -> None:
+        """Stop the input and free everything configure loaded, whatever the state."""
+        self._stop_input()
+        self._unload()
 
     def autostart_if_requested(self) -> bool:
         """Configure and activate when the ``autostart`` parameter says so; True if active."""
@@ -229,10 +235,15 @@ class DittaNode(LifecycleNode):
         for name in ("labels", "labels_color", "overlay", "confidence"):
             pubs[name] = self.create_lifecycle_publisher(Image, f"~/{name}", qos,
                                                          event_callbacks=events)
-        from vision_msgs.msg import LabelInfo
-
-        pubs["label_info"] = self.create_lifecycle_publisher(
-            LabelInfo, "~/label_info", LATCHED_QOS, event_callbacks=events)
+        try:
+            from vision_msgs.msg import LabelInfo
+        except ImportError:
+            self.get_logger().warning(
+                "vision_msgs is not installed: ~/label_info is not published (install "
+                "ros-<distro>-vision-msgs, or colcon build this package to get a minimal one)")
+        else:
+            pubs["label_info"] = self.create_lifecycle_publisher(
+                LabelInfo, "~/label_info", LATCHED_QOS, event_callbacks=events)
         self._restart_timers(node_cfg)
 
     def _restart_timers(self, node_cfg: NodeConfig) -> None:
@@ -489,7 +500,10 @@ class DittaNode(LifecycleNode):
         return all(self.has_parameter(name) for name in spec_by_name())
 
     def _apply_parameters(self, params: list[Parameter]) -> None:
-        """Live node settings take effect at once."""
+        """Live node settings take effect at once; a bad start-up value, once replaced, no
+        longer fails configure."""
+        for param in params:
+            self._param_problems.pop(param.name, None)
         with self._lock:
             if self._node_cfg is None:
                 return
@@ -506,14 +520,15 @@ class DittaNode(LifecycleNode):
 def run(node: DittaNode, executor: MultiThreadedExecutor) -> None:
     """Spin until shutdown, then finalize the node cleanly."""
     executor.add_node(node)
-    node.autostart_if_requested()
     try:
+        node.autostart_if_requested()   # inside: Ctrl-C may arrive while models load
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node.lifecycle_label != "finalized":
             node.trigger_shutdown()
+        node.release()  # when Ctrl-C cut a transition short, shutdown could not run
         executor.shutdown(timeout_sec=5.0)
         node.destroy_node()
 

@@ -58,6 +58,8 @@ def stamp_ns(header: Any) -> int:
 
 
 def _bytes(data: Any) -> bytes:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
     return np.asarray(data, np.uint8).tobytes()
 
 
@@ -292,19 +294,26 @@ class BagSource:
         """All frames, decoded on demand, (H, W, 3) uint8 BGR."""
         return LazySequence(len(self), self.frame)
 
-    def labels(self, i: int) -> np.ndarray | None:
-        """Ground truth of frame ``i`` (matched by header stamp), or None when it has none."""
-        log_time = self.label_log_times.get(self.index[i].stamp)
+    def raw_label(self, stamp: int) -> bytes | None:
+        """Serialised label message with header stamp ``stamp``, or None."""
+        log_time = self.label_log_times.get(stamp)
         if log_time is None or self.label_topic is None:
             return None
         conns = [c for c in self._reader.connections if c.topic == self.label_topic]
-        stamp = self.index[i].stamp
         for conn, _, raw in self._messages(conns, start=log_time):
             msg = self._deserialize(raw, conn.msgtype, self.label_topic)
             if stamp_ns(msg.header) == stamp:
-                return labels_from_image(msg.height, msg.width, msg.encoding, msg.is_bigendian,
-                                         msg.step, msg.data, self._id_map, self._ignore)
+                return raw
         return None
+
+    def labels(self, i: int) -> np.ndarray | None:
+        """Ground truth of frame ``i`` (matched by header stamp), or None when it has none."""
+        raw = self.raw_label(self.index[i].stamp)
+        if raw is None or self.label_topic is None:
+            return None
+        msg = self._deserialize(raw, IMAGE_TYPE, self.label_topic)
+        return labels_from_image(msg.height, msg.width, msg.encoding, msg.is_bigendian,
+                                 msg.step, msg.data, self._id_map, self._ignore)
 
     def ground_truth(self) -> LazySequence[np.ndarray | None] | None:
         if self.label_topic is None:

@@ -208,11 +208,16 @@ def video_file_videos(path: str | Path) -> list[VideoRef]:
 def bag_videos(paths: Sequence[str | Path], image_topic: str | None = None,
                label_topic: str | None = None, id_map: Mapping[int, int] | None = None,
                ignore: tuple[int, ...] = ()) -> list[VideoRef]:
-    """Each bag is one video, named after its folder."""
+    """Each bag is one video, named after its folder.
+
+    Every bag is opened once here, so a missing topic, a wrong label type, unmatched stamps
+    or a truncated file are reported before any model is loaded.
+    """
     refs = []
     for path in paths:
         bag_path = Path(path)
         name = (bag_path.parent if bag_path.is_file() else bag_path).name
+        BagSource(bag_path, image_topic, label_topic, id_map, ignore).close()
 
         def open_video(bag_path: Path = bag_path, name: str = name) -> Video:
             source = BagSource(bag_path, image_topic, label_topic, id_map, ignore)

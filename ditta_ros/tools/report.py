@@ -22,7 +22,7 @@ from ditta_ros.engine.metrics import ConfusionMatrix, VideoConsistency
 
 METHODS = ("iss", "ditta", "sam2-refine")
 METHOD_TITLES = {"iss": "ISS frame by frame", "ditta": "DiTTA",
-                 "sam2-refine": "SAM2 zero-shot refinement"}
+                 "sam2-refine": "SAM2 zero-shot refinement", "live": "ditta_node (live)"}
 VC_WINDOWS = (8, 16)
 RESULT_VERSION = 1
 
