@@ -9,7 +9,8 @@ input), measured in one run, interleaved, as medians over repeats and ratios to 
 
 Peak memory per mode: CUDA ``max_memory_allocated``; CPU the process's peak resident set
 (VmHWM, reset through /proc/self/clear_refs before each call, after malloc_trim so that
-freed heap pages are returned first) above the resident set at the reset. The add-on alone is also measured at several map sizes to show its memory is O(hw).
+freed heap pages are returned first) above the resident set at the reset. The add-on
+alone is also measured at several map sizes to show its memory is O(hw).
 
 Adaptation split (stages A / B / C) for 10 warm-up frames with the tiny models: tiny
 SegFormer and a random SAM2 hiera-t at a small image size.

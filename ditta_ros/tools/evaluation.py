@@ -75,11 +75,17 @@ def _warmup_text(config: DittaConfig, options: EvalOptions) -> str:
 
 
 def run_settings(config: DittaConfig, options: EvalOptions, num_classes: int) -> dict[str, Any]:
-    """Everything that changes the numbers; its hash guards resume and merge."""
+    """Everything that changes the numbers; its hash guards resume and merge.
+
+    The devices are recorded but not hashed: shards of one run may use different GPUs.
+    """
     settings = {"config": dataclasses.asdict(config), "methods": list(options.methods),
                 "warmup": _warmup_text(config, options), "num_classes": num_classes,
                 "classes": options.classes}
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    hashed = json.loads(json.dumps(settings))
+    for section in ("model", "teacher"):
+        hashed["config"][section].pop("device", None)
+    key = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
     return {**settings, "key": key}
 
 
