@@ -42,7 +42,8 @@ from ditta_ros.tools.report import METHODS
 
 SMALL = ["--num-classes", str(NUM_CLASSES), "--iterations", "1", "--sam2-image-size", "64",
          "--set", "model.fit_long=64", "--set", "model.fit_short=48",
-         "--set", "teacher.reliability_threshold=0.0", "--no-progress"]
+         "--set", "teacher.reliability_threshold=0.0", "--set", "teacher.max_objects=2",
+         "--no-progress"]
 
 
 def _config(*extra: str) -> DittaConfig:
