@@ -17,7 +17,8 @@ live total of tensor bytes during one call (CPU: the profiler's allocation event
 ``max_memory_allocated``), inputs excluded.
 
 Usage: ``python bench/bench_addon.py [--quick] [--threads 1 2] [--size 120 216]
-[--dim 256] [--classes 124] [--radius 5] [--repeats 5] [--device cpu]``
+[--dim 256] [--classes 124] [--radius 5] [--repeats 5] [--layout addon|contiguous]
+[--device cpu|cuda]``
 """
 
 from __future__ import annotations
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--radius", type=int, default=5, help="window radius r")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layout", choices=("addon", "contiguous"), default="addon",
+                        help="q, k memory: 'addon' = channels-last views, as TemporalAddon "
+                        "makes them (default); 'contiguous' = plain (B, D, h, w) tensors")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     repeats = 2 if args.quick else args.repeats
@@ -159,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     # q, k as TemporalAddon makes them: channels-last memory seen as (B, D, h, w).
     q = torch.randn(1, h, w, d, generator=g).to(device).permute(0, 3, 1, 2)
     k = torch.randn(1, h, w, d, generator=g).to(device).permute(0, 3, 1, 2)
+    if args.layout == "contiguous":
+        q, k = q.contiguous(), k.contiguous()
     v = torch.randn(1, c, h, w, generator=g).to(device)
     f_cur, f_prev = q.contiguous(), k.contiguous()
     torch.manual_seed(0)
@@ -169,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
 
     with torch.inference_mode():
         diff = (local_attention(q, k, v, r) - old_local_attention(q, k, v, r)).abs().max()
-    print(f"map {h} x {w}, D {d}, C {c}, r {r}, device {device}; ISS = SegFormer-B0 at "
-          f"{4 * h} x {4 * w}; medians of {repeats} repeats (wall s)")
+    print(f"map {h} x {w}, D {d}, C {c}, r {r}, q/k layout {args.layout}, device {device}; "
+          f"ISS = SegFormer-B0 at {4 * h} x {4 * w}; medians of {repeats} repeats (wall s)")
     print(f"max |new - old| = {diff.item():.2e}\n")
 
     fns: dict[str, Attention] = {"old": old_local_attention, "new": local_attention}

@@ -196,6 +196,7 @@ class Camera:
             else ReliabilityPolicy.BEST_EFFORT), durability=qos_profile_sensor_data.durability)
         self.publisher = self.node.create_publisher(Image, "/image", qos)
         self.labels = Labels()
+        self.sent_count = 0
         self.status: list[Any] = []
         self._status_cond = threading.Condition()
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -246,6 +247,7 @@ class Camera:
         now = time.time_ns()
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 10**9)
         self.publisher.publish(msg)
+        self.sent_count += 1
         return now
 
     def subscribers_ready(self, timeout: float) -> bool:

@@ -74,6 +74,17 @@ _TO_BGR: dict[str, int] = {
 }
 
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_LAYOUTS)
+
+# Largest frame accepted, in pixels: 2^25 = 33,554,432 (8K UHD, 7680 x 4320, fits). A message
+# may claim any size up to 2^32 x 2^32 in a few bytes (a JPEG or PNG header); decoding it would
+# allocate the claimed size first (a 600-byte JPEG claiming 30000 x 30000 makes OpenCV take
+# 2.7 GB and 8 s), and the label, colour and overlay images would follow at that size.
+MAX_PIXELS = 1 << 25
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8\xff"
+# JPEG start-of-frame markers (SOF0-3, 5-7, 9-11, 13-15): they carry the frame's size.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB,
+                       0xCD, 0xCE, 0xCF})
 OUTPUT_ENCODINGS: dict[str, tuple[type, int]] = {
     "mono8": (np.uint8, 1),
     "mono16": (np.uint16, 1),
@@ -111,6 +122,7 @@ def raw_to_array(data: bytes | bytearray | memoryview | array.array, height: int
                          f"{', '.join(SUPPORTED_ENCODINGS)} (or a jpeg/png CompressedImage)")
     if height <= 0 or width <= 0:
         raise InputError(f"empty image: {width} x {height} pixels; the camera sent no pixels")
+    _check_pixels(width, height, encoding)
     itemsize = np.dtype(layout.dtype).itemsize
     row_bytes = width * layout.channels * itemsize
     if step < row_bytes:
@@ -134,6 +146,64 @@ def raw_to_array(data: bytes | bytearray | memoryview | array.array, height: int
     if pixels.dtype.byteorder in ("<", ">"):  # only ever the non-native order
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     return pixels[:, :, 0] if layout.channels == 1 else pixels
+
+
+def _check_pixels(width: int, height: int, what: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise InputError(f"image too large: {what} of {width} x {height} = {width * height} "
+                         f"pixels, more than the {MAX_PIXELS} accepted (8K UHD fits); "
+                         "downscale at the camera driver")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first JPEG frame header (SOF), None when there is none.
+
+    Walks the marker segments from the start as a JPEG decoder does, skipping fill bytes and
+    stray bytes between segments (libjpeg tolerates them too), up to the first SOF; stops at
+    the start of scan or the end of image, which come after the frame header in a valid file.
+    """
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:                                  # stray byte: find the next marker
+            i = data.find(b"\xff", i)
+            if i < 0:
+                return None
+            continue
+        marker = data[i + 1]
+        if marker == 0xFF:                                   # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:       # markers without a length
+            i += 2
+        elif marker in (0xD9, 0xDA):                         # end of image, start of scan
+            return None
+        elif marker in _JPEG_SOF:
+            if i + 9 > n:
+                return None
+            height = int.from_bytes(data[i + 5:i + 7], "big")
+            width = int.from_bytes(data[i + 7:i + 9], "big")
+            return width, height
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def _claimed_size(data: bytes, fmt: str) -> tuple[str, int, int]:
+    """The container and the (width, height) its header claims, before anything is decoded;
+    InputError when the data is neither a JPEG nor a PNG stream or has no readable header."""
+    label = fmt or "compressed"
+    if data.startswith(_PNG_SIGNATURE):
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise InputError(f"corrupt or truncated png image ({len(data)} bytes): no IHDR "
+                             "header after the signature")
+        return "png", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data.startswith(_JPEG_SOI):
+        size = _jpeg_size(data)
+        if size is None:
+            raise InputError(f"corrupt or truncated jpeg image ({len(data)} bytes): no frame "
+                             "header (SOF) before the image data")
+        return "jpeg", size[0], size[1]
+    raise InputError(f"corrupt {label} image ({len(data)} bytes): the data starts with neither "
+                     "the JPEG nor the PNG signature; send jpeg or png")
 
 
 def array_to_bgr(pixels: np.ndarray, encoding: str) -> np.ndarray:
@@ -179,7 +249,18 @@ def compressed_to_frame(msg: CompressedImage) -> Decoded:
     if len(msg.data) == 0:
         raise InputError("empty CompressedImage: no data")
     buffer = np.frombuffer(msg.data, dtype=np.uint8)
-    pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    # Only JPEG and PNG reach the decoder (cv2.imdecode would also take TIFF, EXR, ...), and
+    # only with a header size the node accepts: the decoder allocates what the header claims.
+    container, width, height = _claimed_size(buffer.tobytes(), msg.format)
+    if width <= 0 or height <= 0:
+        raise InputError(f"empty image: the {container} header says {width} x {height} pixels")
+    _check_pixels(width, height, f"{container} header")
+    try:
+        pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else "cv2.error"
+        raise InputError(f"corrupt or truncated {msg.format or 'compressed'} image "
+                         f"({len(msg.data)} bytes): the decoder failed: {first}") from err
     if pixels is None or pixels.size == 0:
         raise InputError(f"corrupt or truncated {msg.format or 'compressed'} image "
                          f"({len(msg.data)} bytes): the decoder could not read it")

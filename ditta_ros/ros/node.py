@@ -89,8 +89,14 @@ class DittaNode(LifecycleNode):
         self._serving: Source | None = None
         self._last_size: tuple[int, int] | None = None
         self._resolution_changes = 0
+        self._last_stamp: tuple[int, int] | None = None
+        self._stamp_jumps_back = 0
         self._rejected_at_last_report = 0
         self._phase_lock = threading.Lock()
+        # Bumped (under _phase_lock) whenever the serving model may have switched outside a
+        # push: a phase change reported by the session, or ~/reset. A frame's result only
+        # sets _serving when no switch happened while it was pushed (else it is older news).
+        self._serving_epoch = 0
         self._last_error = ""                    # why the last configure failed
         self._param_problems = declare_parameters(self)
         self.add_on_set_parameters_callback(self._check_parameters)
@@ -225,6 +231,7 @@ class DittaNode(LifecycleNode):
         self._create_outputs(node_cfg)
         self._stats.reset()
         self._last_size, self._resolution_changes = None, 0
+        self._last_stamp, self._stamp_jumps_back = None, 0
         self._serving = Source.ISS
         self._last_phase = None
 
@@ -314,15 +321,19 @@ class DittaNode(LifecycleNode):
         if session is None or node_cfg is None or classes is None:
             self._stats.dropped()
             return
+        epoch = self._serving_epoch
         try:
             decoded = (compressed_to_frame(msg) if isinstance(msg, CompressedImage)
                        else image_to_frame(msg))
             self._note_size(decoded, msg.header.frame_id)
+            self._note_stamp(msg.header)
             result = session.push(decoded.frame, with_reliability=node_cfg.publish_confidence)
         except InputError as err:
             self._reject(str(err), msg.header.frame_id)
             return
-        self._serving = result.source
+        with self._phase_lock:
+            if self._serving_epoch == epoch:
+                self._serving = result.source
         self._stats.processed(result.inference_s)
         self._publish_result(msg.header, decoded, result, node_cfg, classes, num_classes)
         self._stats.published(time.monotonic() - received)
@@ -357,6 +368,25 @@ class DittaNode(LifecycleNode):
                 f"(frame_id '{frame_id}'): a warm-up restarts, an adapted model drops its "
                 f"previous-frame cache{more}")
 
+    def _note_stamp(self, header: Header) -> None:
+        """Log and count an input stamp older than the previous frame's (a bag that loops, a
+        camera or clock restarted). Not an error: the frame is served as usual, its outputs
+        keep its stamp unchanged, and the adaptation stays (the scene did not necessarily
+        change; ~/adapt re-adapts on demand)."""
+        stamp = (int(header.stamp.sec), int(header.stamp.nanosec))
+        previous, self._last_stamp = self._last_stamp, stamp
+        if previous is None or stamp >= previous:
+            return
+        self._stamp_jumps_back += 1
+        suppressed = self._log_limit.check("stamp")
+        if suppressed is not None:
+            back = (previous[0] - stamp[0]) + (previous[1] - stamp[1]) * 1e-9
+            more = f" ({suppressed} more since the last report)" if suppressed else ""
+            self.get_logger().warning(
+                f"input stamp went back by {back:.3f} s (frame_id '{header.frame_id}'; a "
+                "looping bag or a restarted camera?): served as usual, outputs keep the input "
+                f"stamp, the adaptation stays{more}")
+
     def _reject(self, reason: str, frame_id: str) -> None:
         self._stats.rejected(reason)
         suppressed = self._log_limit.check(reason_kind(reason))
@@ -370,7 +400,10 @@ class DittaNode(LifecycleNode):
     def _worker_error(self, err: BaseException) -> None:
         reason = f"internal error: {type(err).__name__}: {err}"
         self._stats.rejected(reason)
-        self.get_logger().error(f"frame processing failed: {reason}")
+        suppressed = self._log_limit.check(f"internal error {type(err).__name__}")
+        if suppressed is not None:  # rate-limited like rejections: a bad stream must not flood
+            more = f" ({suppressed} more like it since the last report)" if suppressed else ""
+            self.get_logger().error(f"frame processing failed: {reason}{more}")
 
     # ------------------------------------------------------------------ status
 
@@ -381,6 +414,7 @@ class DittaNode(LifecycleNode):
             if status.phase is self._last_phase:
                 return
             self._last_phase = status.phase
+            self._serving_epoch += 1
             # The session swaps models on these phases; frames report the source too.
             if status.phase is Phase.ADAPTED:
                 self._serving = Source.ADAPTED
@@ -414,6 +448,8 @@ class DittaNode(LifecycleNode):
                                             self.status_message(), counts, recent)
         array.status[0].values.append(KeyValue(
             key="resolution_changes", value=str(self._resolution_changes)))
+        array.status[0].values.append(KeyValue(
+            key="stamp_jumps_back", value=str(self._stamp_jumps_back)))
         self._diag_pub.publish(array)
 
     # ------------------------------------------------------------------ services
@@ -447,7 +483,9 @@ class DittaNode(LifecycleNode):
                    ) -> Trigger.Response:
         def run(session: Any) -> str:
             session.reset()
-            self._serving = Source.ISS
+            with self._phase_lock:
+                self._serving_epoch += 1
+                self._serving = Source.ISS
             return "reset: serving the base model, warm-up restarted"
         return self._with_session(response, run)
 

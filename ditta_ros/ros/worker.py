@@ -217,5 +217,7 @@ class RateLimitedLog:
 
 
 def reason_kind(reason: str) -> str:
-    """The kind of a rejection reason: its text before the first ':', numbers blanked."""
-    return re.sub(r"\d+", "#", reason.split(":", 1)[0].strip())
+    """The kind of a rejection reason: its text before the first ':', quoted values and
+    numbers blanked (a stream of ever-new unknown encodings is one kind, not one each)."""
+    unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", reason)
+    return re.sub(r"\d+", "#", unquoted.split(":", 1)[0].strip())

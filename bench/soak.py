@@ -1,0 +1,238 @@
+"""Soak: ditta_node fed at a camera rate for a long time; memory and latency over time.
+
+Not part of CI (10 minutes by default; quick: 1 minute). ditta_node runs in its own process
+over real DDS (``bench/node_harness.py``), in its steady state (ADAPTED, loaded adaptation)
+or, with ``--adapt-live``, starting from the warm-up so that one real adaptation (random
+SAM2 hiera-t teacher) happens during the soak. Frames (640 x 480 by default) are offered at
+a fixed camera rate; every ``--window`` seconds a row is recorded:
+
+elapsed s, node RSS MiB (``/proc``), frames offered and label images received in the window,
+median and max end-to-end latency (input stamp -> labels received) in the window, phase.
+
+Writes ``bench/results/soak.csv``, ``soak.png`` (matplotlib: RSS and latency over time),
+``soak.json`` and ``soak.md``.
+
+Usage: ``python bench/soak.py [--quick] [--rate 10] [--duration 600] [--adapt-live]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_load import memory_growth, offer  # noqa: E402
+from bench_node import send_sequential, synthetic_frames  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    add_common_arguments,
+    command_line,
+    fmt,
+    machine_info,
+    machine_line,
+    markdown_table,
+    median,
+    now_utc,
+    parse_size,
+    percentile,
+    setup_device,
+    write_results,
+)
+from node_harness import (  # noqa: E402
+    Camera,
+    NodeProcess,
+    node_parameters,
+    wait_active,
+    write_adaptation_file,
+)
+
+COLUMNS = ("elapsed_s", "rss_mib", "offered", "received", "latency_median_ms",
+           "latency_max_ms", "phase")
+
+
+class Recorder:
+    """Turns each tick of the camera loop into one row of the soak record."""
+
+    def __init__(self, camera: Camera, node: NodeProcess) -> None:
+        self.camera, self.node = camera, node
+        self.rows: list[dict[str, Any]] = []
+        self.stamps: list[int] = []            # filled by the camera loop's result
+        self._last_wall = time.time()
+        self._last_count = 0
+
+    def tick(self, elapsed: float) -> None:
+        wall = time.time()
+        arrivals = [(s, r) for s, r in self.camera.labels.since(self._last_wall) if r < wall]
+        lat = [1000.0 * (r - s / 1e9) for s, r in arrivals]
+        rss = self.node.rss()
+        status = self.camera.latest_status()
+        sent = self.camera.sent_count
+        self.rows.append({
+            "elapsed_s": round(elapsed, 2),
+            "rss_mib": None if rss is None else round(rss / 2**20, 1),
+            "offered": sent - self._last_count, "received": len(lat),
+            "latency_median_ms": round(median(lat), 1) if lat else None,
+            "latency_max_ms": round(max(lat), 1) if lat else None,
+            "phase": "" if status is None else status.phase_label})
+        self._last_wall, self._last_count = wall, sent
+
+
+def run_soak(size: tuple[int, int], rate_hz: float, duration_s: float, window_s: float, *,
+             device: str = "cpu", variant: str = "tiny", num_classes: int = 124,
+             embed_dim: int = 256, adapt_live: bool = False, warmup_frames: int = 10,
+             startup_timeout: float = 300.0,
+             fit: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The soak itself; returns the rows and a summary (the importable core)."""
+    h, w = size
+    with tempfile.TemporaryDirectory(prefix="soak_") as tmp:
+        folder = Path(tmp)
+        extra: dict[str, Any] = {"model.fit_long": max(fit), "model.fit_short": min(fit)} \
+            if fit else {}
+        if adapt_live:
+            # A random-init ISS model is nowhere confident: prompt at each class's peak.
+            extra.update({"adaptation.warmup_frames": warmup_frames,
+                          "adaptation.iterations": 1, "teacher.reliability_threshold": 0.0})
+        params = node_parameters(
+            variant=variant, num_classes=num_classes, embed_dim=embed_dim, device=device,
+            adaptation_file="" if adapt_live else str(folder / "adaptation.pt"),
+            input_reliability="best_effort", extra=extra)
+        if not adapt_live:
+            write_adaptation_file(folder / "adaptation.pt", params)
+        camera = Camera(reliability="best_effort")
+        node = NodeProcess(params, folder)
+        try:
+            wait_active(camera, node, "warmup" if adapt_live else "adapted", startup_timeout)
+            messages = [camera.image(f) for f in synthetic_frames(h, w, 4)]
+            if not adapt_live:
+                send_sequential(camera, messages, 2, 120.0)
+            recorder = Recorder(camera, node)
+            sent = offer(camera, messages, rate_hz, duration_s, recorder.tick, window_s)
+            node.check_alive()
+            final = camera.latest_status()
+        finally:
+            node.stop()
+            camera.close()
+    rows = recorder.rows
+    samples = [(r["elapsed_s"], int(r["rss_mib"] * 2**20)) for r in rows
+               if r["rss_mib"] is not None]
+    latencies = [r["latency_median_ms"] for r in rows if r["latency_median_ms"] is not None]
+    summary: dict[str, Any] = {
+        "frame": [h, w], "rate_hz": rate_hz, "duration_s": sent["seconds"],
+        "offered": len(sent["stamps"]), "received": sum(r["received"] for r in rows),
+        "camera_missed_slots": sent["missed_slots"],
+        "latency_window_median_ms": median(latencies) if latencies else None,
+        "latency_window_p90_ms": percentile(latencies, 90) if latencies else None,
+        "latency_max_ms": max((r["latency_max_ms"] for r in rows
+                               if r["latency_max_ms"] is not None), default=None),
+        "final_phase": None if final is None else final.phase_label,
+        "adapt_live": adapt_live}
+    summary.update(memory_growth(samples, 0.25))
+    return {"summary": summary, "rows": rows, "params": params}
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["elapsed_s"] for r in rows]
+    fig, (ax_mem, ax_lat) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    ax_mem.plot(t, [r["rss_mib"] for r in rows], color="tab:blue")
+    ax_mem.set_ylabel("node RSS (MiB)")
+    ax_mem.set_title(title)
+    ax_mem.grid(alpha=0.3)
+    med = [r["latency_median_ms"] if r["latency_median_ms"] is not None else float("nan")
+           for r in rows]
+    top = [r["latency_max_ms"] if r["latency_max_ms"] is not None else float("nan")
+           for r in rows]
+    ax_lat.plot(t, med, label="median in window", color="tab:green")
+    ax_lat.plot(t, top, label="max in window", color="tab:red", alpha=0.6)
+    ax_lat.set_ylabel("end-to-end latency (ms)")
+    ax_lat.set_xlabel("elapsed (s)")
+    ax_lat.legend()
+    ax_lat.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    s = result["bench"]["summary"]
+    p = result["bench"]["params"]
+    lines = [machine_line(result["machine"]),
+             f"Command: `{result['command']}` ({result['date']})", "",
+             f"Soak: {s['frame'][1]} x {s['frame'][0]} frames offered at {s['rate_hz']:g} Hz "
+             f"for {s['duration_s']:.0f} s to ditta_node (own process, real DDS, best effort), "
+             f"model {p['model.variant']} (random init), {p['model.num_classes']} classes; "
+             + ("live warm-up and adaptation during the soak" if s["adapt_live"]
+                else "steady state ADAPTED") + f"; final phase {s['final_phase']}. "
+             "Memory growth after the first quarter. Plot: soak.png, record: soak.csv.", ""]
+    lines.append(markdown_table(
+        ["offered", "labels received", "latency (median of window medians) ms",
+         "p90 of window medians ms", "max ms", "RSS after warm-up MiB", "RSS end MiB",
+         "growth MiB", "slope MiB/min"],
+        [[s["offered"], s["received"], fmt(s["latency_window_median_ms"], 0),
+          fmt(s["latency_window_p90_ms"], 0), fmt(s["latency_max_ms"], 0),
+          fmt(s["rss_after_warmup_mib"], 0), fmt(s["rss_end_mib"], 0),
+          fmt(s["growth_mib"], 1), fmt(s["slope_mib_per_min"], 2)]]))
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
+    parser.add_argument("--size", type=parse_size, default=(480, 640), help="frame size HxW")
+    parser.add_argument("--rate", type=float, default=10.0, help="camera rate in Hz")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds (default 600, quick 60)")
+    parser.add_argument("--window", type=float, default=5.0, help="seconds per recorded row")
+    parser.add_argument("--adapt-live", action="store_true",
+                        help="start from the warm-up: one real adaptation during the soak")
+    parser.add_argument("--warmup-frames", type=int, default=10,
+                        help="warm-up length with --adapt-live")
+    parser.add_argument("--variant", default="tiny", help="MiT size of the random ISS model")
+    parser.add_argument("--num-classes", type=int, default=124, help="classes (VSPW: 124)")
+    parser.add_argument("--embed-dim", type=int, default=256, help="decoder width D")
+    args = parser.parse_args(argv)
+    if args.duration is None:
+        args.duration = 60.0 if args.quick else 600.0
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = setup_device(args)
+    result: dict[str, Any] = {"machine": machine_info(device),
+                              "command": command_line("bench/soak.py", argv),
+                              "date": now_utc()}
+    result["bench"] = run_soak(args.size, args.rate, args.duration, args.window,
+                               device=args.device, variant=args.variant,
+                               num_classes=args.num_classes, embed_dim=args.embed_dim,
+                               adapt_live=args.adapt_live, warmup_frames=args.warmup_frames)
+    out = args.out if args.out is not None else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(result["bench"]["rows"], out / "soak.csv")
+    write_plot(result["bench"]["rows"], out / "soak.png",
+               f"ditta_node soak, {args.rate:g} Hz, {args.size[1]} x {args.size[0]}")
+    markdown = to_markdown(result)
+    write_results("soak", result, markdown, out)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
