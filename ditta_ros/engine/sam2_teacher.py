@@ -19,6 +19,7 @@ documented adaptations of how the clip reaches it:
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -101,6 +102,20 @@ def _in_memory_loader(clip: _InMemoryClip) -> Iterator[None]:
             video_module.load_video_frames = original
 
 
+def _silence_progress_bars() -> None:
+    """Once per process: SAM2's ``propagate_in_video`` draws a tqdm bar on every call, and
+    stage B calls it once per frame and pass (hundreds of bars per warm-up, flooding the
+    node's log and the tools' progress output). The predictor module's ``tqdm`` is replaced
+    by a disabled one; nothing else in sam2 changes."""
+    import sam2.sam2_video_predictor as video_module
+    from tqdm import tqdm
+
+    if not getattr(video_module.tqdm, "_ditta_silent", False):
+        silent: Any = functools.partial(tqdm, disable=True)
+        silent._ditta_silent = True
+        video_module.tqdm = silent
+
+
 class SAM2Propagator:
     """:class:`MaskPropagator` on a ``SAM2VideoPredictor``.
 
@@ -117,6 +132,7 @@ class SAM2Propagator:
         self.predictor = predictor
         self.device = model_device
         self._state: _ClipState | None = None
+        _silence_progress_bars()
 
     # -- MaskPropagator ------------------------------------------------------------------
     def start(self, frames: Sequence[np.ndarray]) -> None:
