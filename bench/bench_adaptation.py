@@ -119,24 +119,34 @@ def add_ratios(cases: list[dict[str, Any]]) -> None:
                          for s in STAGES}
 
 
+def case_list(sizes: Sequence[tuple[int, int]], lengths: Sequence[int],
+              full_grid: bool) -> list[tuple[int, int, int]]:
+    """(h, w, frames) cases: every size x every length, or (full_grid False) every length
+    at the first size plus every other size at the first length (the costly corner left
+    out)."""
+    if full_grid:
+        return [(h, w, n) for h, w in sizes for n in lengths]
+    h0, w0 = sizes[0]
+    return [(h0, w0, n) for n in lengths] + [(h, w, lengths[0]) for h, w in sizes[1:]]
+
+
 def run_adaptation_bench(sizes: Sequence[tuple[int, int]], lengths: Sequence[int],
                          args: argparse.Namespace, device: torch.device,
-                         progress: bool = True) -> dict[str, Any]:
+                         progress: bool = True, full_grid: bool = True) -> dict[str, Any]:
     """Every (size, length) case, the SAM2 teacher built once; the importable core."""
     start = time.perf_counter()
     teacher = build_sam2_teacher(make_config(*sizes[0], args).teacher, device,
                                  num_classes=args.num_classes)
     build_s = time.perf_counter() - start
     cases = []
-    for h, w in sizes:
-        for n in lengths:
-            t0 = time.perf_counter()
-            cases.append(run_case(h, w, n, teacher, make_config(h, w, args), device))
-            if progress:
-                print(f"[bench_adaptation] {h}x{w}, {n} frames: {time.perf_counter() - t0:.0f} s",
-                      file=sys.stderr, flush=True)
+    for h, w, n in case_list(sizes, lengths, full_grid):
+        t0 = time.perf_counter()
+        cases.append(run_case(h, w, n, teacher, make_config(h, w, args), device))
+        if progress:
+            print(f"[bench_adaptation] {h}x{w}, {n} frames: {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr, flush=True)
     add_ratios(cases)
-    return {"cases": cases, "sam2_build_s": build_s,
+    return {"cases": cases, "sam2_build_s": build_s, "full_grid": full_grid,
             "iss": f"{args.variant} SegFormer (random init, classifier x{CLASSIFIER_SCALE:g}), "
                    f"{args.num_classes} classes, D = {args.embed_dim}, input = frame size",
             "sam2": f"hiera-t (sam2.1_hiera_t config, random init), image size "
@@ -150,7 +160,9 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"Command: `{result['command']}` ({result['date']})", "",
              f"ISS: {b['iss']}. SAM2: {b['sam2']} (built once, {b['sam2_build_s']:.1f} s). "
              f"Stage C: {b['iterations']} pass(es) over the warm-up (one step per frame). "
-             "One run per case; x len = against the shortest warm-up at the same size, "
+             "Cases: " + ("every size x every length" if b.get("full_grid", True) else
+                          "every length at the first size, every size at the first length")
+             + ". One run per case; x len = against the shortest warm-up at the same size, "
              "x size = against the smallest frame at the same warm-up length.", ""]
     rows = []
     for c in b["cases"]:
@@ -182,6 +194,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sam2-image-size", type=int, default=256, help="SAM2 image size")
     parser.add_argument("--max-objects", type=int, default=100,
                         help="SAM2 object cap (paper: 100)")
+    parser.add_argument("--grid", choices=("full", "cross"), default=None,
+                        help="cases: every size x every length (full), or every length at the "
+                             "first size plus every size at the first length (cross; default "
+                             "with --quick)")
     parser.add_argument("--iterations", type=int, default=None,
                         help="stage C passes over the warm-up (default 5 = paper; quick 1)")
     args = parser.parse_args(argv)
@@ -191,6 +207,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.lengths = [10, 30] if args.quick else [10, 30, 60]
     if args.iterations is None:
         args.iterations = 1 if args.quick else 5
+    if args.grid is None:
+        args.grid = "cross" if args.quick else "full"
     return args
 
 
@@ -200,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {"machine": machine_info(device),
                               "command": command_line("bench/bench_adaptation.py", argv),
                               "date": now_utc()}
-    result["bench"] = run_adaptation_bench(args.sizes, args.lengths, args, device)
+    result["bench"] = run_adaptation_bench(args.sizes, args.lengths, args, device,
+                                           full_grid=args.grid == "full")
     markdown = to_markdown(result)
     write_results("bench_adaptation", result, markdown, args.out)
     print(markdown)

@@ -12,13 +12,14 @@ Compares, in one run and interleaved (so a busy machine slows every candidate al
 
 Forward passes run under ``torch.inference_mode``; forward+backward (stage C trains the
 attention) backpropagates a fixed random output gradient into q, k and v. Times are medians
-of wall-clock repeats; ratios divide medians of the same run. Peak memory is the largest
-live total of tensor bytes during one call (CPU: the profiler's allocation events; CUDA:
-``max_memory_allocated``), inputs excluded.
+of repeats (wall clock, or with ``--clock cpu`` the process's CPU time); ratios divide
+medians of the same run. Peak memory is the largest live total of tensor bytes during one
+call (CPU: the profiler's allocation events; CUDA: ``max_memory_allocated``), inputs
+excluded.
 
 Usage: ``python bench/bench_addon.py [--quick] [--threads 1 2] [--size 120 216]
-[--dim 256] [--classes 124] [--radius 5] [--repeats 5] [--layout addon|contiguous]
-[--device cpu|cuda]``
+[--dim 256] [--classes 124] [--radius 5] [--repeats 5] [--clock wall|cpu]
+[--layout addon|contiguous] [--device cpu|cuda]``
 """
 
 from __future__ import annotations
@@ -77,18 +78,18 @@ def _sync(device: torch.device) -> None:
 
 
 def interleaved_times(calls: dict[str, Callable[[], object]], repeats: int,
-                      device: torch.device) -> dict[str, float]:
-    """Median wall seconds per call; one warm-up each, then repeats round-robin."""
+                      device: torch.device, clock: Callable[[], float]) -> dict[str, float]:
+    """Median seconds per call; one warm-up each, then repeats round-robin."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     for fn in calls.values():
         fn()
     for _ in range(repeats):
         for name, fn in calls.items():
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
             fn()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -149,11 +150,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--radius", type=int, default=5, help="window radius r")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall-clock time (default) or the process's CPU time, steadier "
+                        "on a shared machine (CPU only; sums all threads)")
     parser.add_argument("--layout", choices=("addon", "contiguous"), default="addon",
                         help="q, k memory: 'addon' = channels-last views, as TemporalAddon "
                         "makes them (default); 'contiguous' = plain (B, D, h, w) tensors")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     repeats = 2 if args.quick else args.repeats
     thread_counts = args.threads[:1] if args.quick else args.threads
     h, w = args.size
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         diff = (local_attention(q, k, v, r) - old_local_attention(q, k, v, r)).abs().max()
     print(f"map {h} x {w}, D {d}, C {c}, r {r}, q/k layout {args.layout}, device {device}; "
-          f"ISS = SegFormer-B0 at {4 * h} x {4 * w}; medians of {repeats} repeats (wall s)")
+          f"ISS = SegFormer-B0 at {4 * h} x {4 * w}; medians of {repeats} repeats ({args.clock} s)")
     print(f"max |new - old| = {diff.item():.2e}\n")
 
     fns: dict[str, Attention] = {"old": old_local_attention, "new": local_attention}
@@ -193,9 +198,10 @@ def main(argv: list[str] | None = None) -> None:
                 return iss.forward_features(x)
 
         forward.update({"addon": run_addon, "iss": run_iss})
-        fwd = interleaved_times(forward, repeats, device)
+        fwd = interleaved_times(forward, repeats, device, clock)
         both = interleaved_times(attention_calls(fns, q, k, v, r, backward=True),
-                                 max(1, repeats // 2) if args.quick else repeats, device)
+                                 max(1, repeats // 2) if args.quick else repeats, device,
+                                 clock)
         iss_s = fwd["iss"]
         print(f"threads {threads}")
         print(f"  {'':24} {'seconds':>9} {'/ old':>8} {'/ iss':>8}")

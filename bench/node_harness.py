@@ -197,6 +197,8 @@ class Camera:
         self.publisher = self.node.create_publisher(Image, "/image", qos)
         self.labels = Labels()
         self.sent_count = 0
+        self.publish_s: dict[int, float] = {}     # stamp ns -> publish() seconds, if tracked
+        self.track_publish = False
         self.status: list[Any] = []
         self._status_cond = threading.Condition()
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -247,6 +249,8 @@ class Camera:
         now = time.time_ns()
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 10**9)
         self.publisher.publish(msg)
+        if self.track_publish:
+            self.publish_s[now] = time.time() - now / 1e9
         self.sent_count += 1
         return now
 

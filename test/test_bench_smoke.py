@@ -129,3 +129,11 @@ def test_soak_records_rows_and_writes_csv_and_plot(tmp_path: Path) -> None:
     soak.write_plot(rows, tmp_path / "soak.png", "smoke")
     assert (tmp_path / "soak.csv").read_text().startswith(",".join(soak.COLUMNS))
     assert (tmp_path / "soak.png").stat().st_size > 1000
+
+
+def test_cross_cases_leave_out_the_costly_corner() -> None:
+    sizes = [(120, 214), (240, 427)]
+    assert bench_adaptation.case_list(sizes, [10, 30], full_grid=True) == [
+        (120, 214, 10), (120, 214, 30), (240, 427, 10), (240, 427, 30)]
+    assert bench_adaptation.case_list(sizes, [10, 30], full_grid=False) == [
+        (120, 214, 10), (120, 214, 30), (240, 427, 10)]

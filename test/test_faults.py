@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticStatus
-from fixtures_node import TINY_PARAMS, Harness, harness, stamp_key
+from fixtures_faults import FAST_PARAMS, one_torch_thread  # noqa: F401
+from fixtures_node import Harness, harness, stamp_key
 from fixtures_stream import NUM_CLASSES, OracleTeacher, make_video, tiny_model
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -141,7 +142,7 @@ def test_failed_adaptation_serves_iss_and_adapt_recovers(
     teacher = FaultyTeacher(OracleTeacher([video], 60))
     if fault is not None:
         teacher.faults.append(fault)
-    with context(), harness(TINY_PARAMS, faulty_factory(teacher), video) as h:
+    with context(), harness(FAST_PARAMS, faulty_factory(teacher), video) as h:
         h.feed(range(3))                                 # the warm-up: adaptation starts
         first = label_pixels(h.topics["labels"].snapshot()[0])
         check_serves_iss_after_failure(h, reason, first)
@@ -157,7 +158,7 @@ def test_failed_re_adaptation_drops_the_old_adaptation_for_iss() -> None:
     the previous adaptation), and the next ~/adapt adapts again."""
     video = make_video()
     teacher = FaultyTeacher(OracleTeacher([video], 60))
-    with harness(TINY_PARAMS, faulty_factory(teacher), video) as h:
+    with harness(FAST_PARAMS, faulty_factory(teacher), video) as h:
         h.feed(range(3))
         first = label_pixels(h.topics["labels"].snapshot()[0])
         h.wait_phase("adapted")

@@ -1,10 +1,13 @@
 """Stage D (ditta_ros.engine.fusion): the tau rule on hand-made distributions, then the cached
 streaming path against the research code's uncached (t-1, t) clip evaluation on a tiny seeded
-SegFormer (real transformers model, 64 x 96 synthetic frames)."""
+SegFormer (real transformers model, 64 x 96 synthetic frames), and the buffered frame-size
+path against the straightforward pipeline it replaced (kept here as the reference)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -17,21 +20,36 @@ from fixtures_stream import (
     tiny_model,
 )
 
-from ditta_ros.config import FusionConfig
+from ditta_ros.config import FusionConfig, ModelConfig
+from ditta_ros.engine.checkpoints import build_model
 from ditta_ros.engine.errors import ConfigError, InputError
 from ditta_ros.engine.fusion import (
     TIE_WEIGHT,
+    FrameWorkspace,
     StreamPredictor,
     branch_reliability,
     clip_output,
+    frame_output,
     fuse,
     fusion_weight,
     predict_clip,
 )
+from ditta_ros.engine.preprocess import prepare, to_frame_size
 from ditta_ros.engine.reliability import iss_labels, reliability
+from ditta_ros.synthetic import SyntheticVideo
 
 FUSION = FusionConfig()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny maps: a second OpenMP thread only adds waiting on a shared CPU (10-100 x slower
+    under load). Tests that need two threads set them themselves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 # ----------------------------------------------------------------------------- pure rule
 
@@ -184,3 +202,189 @@ def test_bad_input_and_settings_raise_specific_errors() -> None:
     with pytest.raises(InputError, match="one size"):
         predict_clip(model, frames[0], frames[1], config.model, FUSION, "cpu")
 
+
+# ----------------------------------------------------------------------------- frame-size path
+# The optimised frame_output (workspace buffers, in-place softmax and blend, vectorised
+# entropy) against the straightforward pipeline it replaced, kept here as the reference.
+
+
+def _reference_reliability(probs: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W): entropy by torch.special.entr, 1 - E / max_frame E."""
+    e = torch.special.entr(probs.float()).sum(dim=1)
+    e_max = e.amax(dim=(1, 2), keepdim=True)
+    return 1.0 - e / torch.where(e_max > 0, e_max, torch.ones_like(e_max))
+
+
+def _reference_output(plain: torch.Tensor, addon: torch.Tensor | None,
+                      input_hw: tuple[int, int], frame_hw: tuple[int, int], tau: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage D at frame size as first written: labels (H, W), probs (C, H, W), R (H, W).
+
+    Both branches as one batch through to_frame_size, softmax, entr reliabilities, the tau
+    rule, lerp(P_addon, P_plain, w) (the blend the labels were defined with), argmax.
+    """
+    if addon is None:
+        probs = torch.softmax(to_frame_size(plain.float(), input_hw, frame_hw), dim=1)
+    else:
+        both = torch.softmax(to_frame_size(torch.cat([plain, addon]).float(), input_hw,
+                                           frame_hw), dim=1)             # (2, C, H, W)
+        r = _reference_reliability(both)
+        total = r[0] + r[1]
+        w = torch.where(total > 0, r[0] / torch.where(total > 0, total, 1.0),
+                        torch.full_like(total, TIE_WEIGHT))
+        w = torch.where(r[0] < tau, w, torch.ones_like(w))
+        probs = torch.lerp(both[1:], both[:1], w[None, None])
+    return probs.argmax(dim=1)[0], probs[0], _reference_reliability(probs)[0]
+
+
+def _logits(seed: int, classes: int, hw: tuple[int, int], near_ties: bool) -> torch.Tensor:
+    """(1, C, h, w) logits. near_ties: ~1e-3 apart, as a random-init SegFormer's (every
+    label decided by float rounding); else a mix of confident and unsure pixels."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, classes, *hw, generator=gen)
+    if near_ties:
+        return x * 1e-3
+    sharpness = torch.rand(1, 1, *hw, generator=gen) * 12.0       # 0: flat, 12: peaked
+    return x * sharpness
+
+
+SIZES = [  # (logits h x w, network input, frame): both steps, frame > input, no 2nd step
+    ((12, 20), (48, 80), (45, 77)),
+    ((8, 12), (32, 48), (70, 101)),
+    ((16, 24), (64, 96), (64, 96)),
+]
+
+
+@pytest.mark.parametrize("near_ties", [False, True])
+@pytest.mark.parametrize("sizes", SIZES)
+def test_frame_output_matches_the_straightforward_pipeline(sizes, near_ties: bool) -> None:
+    low_hw, input_hw, frame_hw = sizes
+    workspace = FrameWorkspace()
+    for seed in range(3):
+        plain = _logits(2 * seed, 19, low_hw, near_ties)
+        addon = _logits(2 * seed + 1, 19, low_hw, near_ties)
+        for other in (None, addon):
+            out = frame_output(plain, other, input_hw, frame_hw, 0.8, with_probs=True,
+                               with_reliability=True, workspace=workspace)
+            labels, probs, rel = _reference_output(plain, other, input_hw, frame_hw, 0.8)
+            assert out.probs is not None and out.reliability is not None
+            assert out.fused == (other is not None)
+            assert torch.equal(out.labels, labels)
+            assert torch.equal(out.probs, probs)     # bit for bit, not just close
+            assert torch.equal(out.reliability, rel)
+    if not near_ties:                                # the tau rule had both cases to decide
+        r0 = _reference_reliability(torch.softmax(
+            to_frame_size(plain.float(), input_hw, frame_hw), dim=1))
+        assert (r0 >= 0.8).any() and (r0 < 0.8).any()
+
+
+def test_workspace_is_reused_and_outputs_do_not_alias_it() -> None:
+    plain, addon = _logits(0, 7, (10, 14), False), _logits(1, 7, (10, 14), False)
+    workspace = FrameWorkspace(branches=2)
+    first = frame_output(plain, addon, (40, 56), (37, 50), 0.8, with_probs=True,
+                         with_reliability=True, workspace=workspace)
+    kept = (first.labels.clone(), first.probs.clone(), first.reliability.clone())
+    held = workspace.nbytes
+    assert held >= (2 + 1) * 7 * 37 * 50 * 4        # two branches + the scratch
+    for _ in range(3):                               # same size: no new buffers
+        frame_output(addon, plain, (40, 56), (37, 50), 0.8, workspace=workspace)
+        frame_output(plain, None, (40, 56), (37, 50), 0.8, workspace=workspace)
+        assert workspace.nbytes == held
+    assert torch.equal(first.labels, kept[0]) and torch.equal(first.probs, kept[1])
+    assert torch.equal(first.reliability, kept[2])
+    # a new size replaces the buffers (not added to them), results still the reference's
+    out = frame_output(plain, addon, (40, 56), (80, 112), 0.8, workspace=workspace)
+    assert workspace.nbytes == (2 + 1) * 7 * 80 * 112 * 4
+    assert torch.equal(out.labels, _reference_output(plain, addon, (40, 56), (80, 112), 0.8)[0])
+    workspace.release()
+    assert workspace.nbytes == 0
+
+
+def test_one_and_two_threads_give_the_same_numbers() -> None:
+    plain, addon = _logits(3, 19, (30, 54), True), _logits(4, 19, (30, 54), True)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(frame_output(plain, addon, (120, 216), (120, 214), 0.8,
+                                     with_probs=True, with_reliability=True))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0].labels, outs[1].labels)
+    assert torch.equal(outs[0].probs, outs[1].probs)
+    assert torch.equal(outs[0].reliability, outs[1].reliability)
+
+
+def test_stream_buffers_do_not_grow_with_the_stream(sharp_model) -> None:
+    config = tiny_config()
+    frames = frames_of(make_video(seed=8), 5)
+    stream = StreamPredictor(sharp_model, config.model, FUSION, "cpu", use_addon=True)
+    stream.predict(frames[0])
+    held = stream.buffer_bytes
+    assert held > 0
+    for frame in frames[1:]:
+        stream.predict(frame)
+        assert stream.buffer_bytes == held
+    stream.release_buffers()
+    assert stream.buffer_bytes == 0
+    labels, _ = stream.predict(frames[0])            # allocated again on demand
+    assert stream.buffer_bytes == held and labels.shape == frames[0].shape[:2]
+
+
+def _no_host_sync(device: str) -> contextlib.AbstractContextManager[object]:
+    """On CUDA: raise on any operation that makes the host wait for the device."""
+    if device != "cuda":
+        return contextlib.nullcontext()
+    torch.cuda.set_sync_debug_mode("error")
+    return _restore_sync_mode()
+
+
+@contextlib.contextmanager
+def _restore_sync_mode() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_step_waits_for_nothing_before_the_label_copy(sharp_model, device: str) -> None:
+    """The per-frame path up to the label copy makes no host synchronisation on CUDA (sync
+    debug mode raises on any), and its kept buffers give the clip's labels frame after
+    frame."""
+    config = tiny_config()
+    model = sharp_model.to(device)
+    frames = frames_of(make_video(seed=9), 4)
+    stream = StreamPredictor(model, config.model, FUSION, device, use_addon=True)
+    stream.predict(frames[0])                        # allocations, library set-up
+    with _no_host_sync(device):
+        outs = [stream.step(frame, with_reliability=True) for frame in frames[1:]]
+    for out, frame, prev in zip(outs, frames[1:], frames):
+        expected = predict_clip(model, prev, frame, config.model, FUSION, device)
+        np.testing.assert_array_equal(out.labels.cpu().numpy(), expected)
+        assert out.reliability is not None and out.reliability.device.type == device
+    model.to("cpu")
+
+
+@pytest.mark.slow
+def test_b0_sized_stream_labels_equal_the_straightforward_pipeline() -> None:
+    """A B0-sized random model (124 classes, every pixel a near tie) on 480 x 854 frames:
+    the streaming predictor's labels are the reference pipeline's, pixel for pixel."""
+    model_config = ModelConfig(variant="b0", num_classes=124, embed_dim=256)
+    model = build_model(model_config, "cpu").eval()
+    frames = frames_of(SyntheticVideo(480, 854, num_classes=8, num_shapes=4, seed=0), 3)
+    stream = StreamPredictor(model, model_config, FUSION, "cpu", use_addon=True)
+    prev: tuple[torch.Tensor, torch.Tensor] | None = None
+    for frame in frames:
+        labels, rel = stream.predict(frame, with_reliability=True)
+        with torch.inference_mode():
+            x = torch.from_numpy(prepare(frame)).unsqueeze(0)
+            feats, logits = model.iss.forward_features(x)
+            addon = model.addon(feats, *prev) if prev is not None else None
+            ref_labels, _, ref_rel = _reference_output(logits, addon, (480, 864), (480, 854),
+                                                       FUSION.tau)
+        prev = (feats, logits)
+        np.testing.assert_array_equal(labels, ref_labels.numpy())
+        assert rel is not None
+        np.testing.assert_array_equal(rel, ref_rel.numpy())

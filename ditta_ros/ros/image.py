@@ -190,7 +190,6 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 def _claimed_size(data: bytes, fmt: str) -> tuple[str, int, int]:
     """The container and the (width, height) its header claims, before anything is decoded;
     InputError when the data is neither a JPEG nor a PNG stream or has no readable header."""
-    label = fmt or "compressed"
     if data.startswith(_PNG_SIGNATURE):
         if len(data) < 24 or data[12:16] != b"IHDR":
             raise InputError(f"corrupt or truncated png image ({len(data)} bytes): no IHDR "
@@ -202,8 +201,8 @@ def _claimed_size(data: bytes, fmt: str) -> tuple[str, int, int]:
             raise InputError(f"corrupt or truncated jpeg image ({len(data)} bytes): no frame "
                              "header (SOF) before the image data")
         return "jpeg", size[0], size[1]
-    raise InputError(f"corrupt {label} image ({len(data)} bytes): the data starts with neither "
-                     "the JPEG nor the PNG signature; send jpeg or png")
+    raise InputError(f"corrupt compressed image ({len(data)} bytes, format {fmt!r}): the data "
+                     "starts with neither the JPEG nor the PNG signature; send jpeg or png")
 
 
 def array_to_bgr(pixels: np.ndarray, encoding: str) -> np.ndarray:
@@ -259,12 +258,12 @@ def compressed_to_frame(msg: CompressedImage) -> Decoded:
         pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     except cv2.error as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else "cv2.error"
-        raise InputError(f"corrupt or truncated {msg.format or 'compressed'} image "
-                         f"({len(msg.data)} bytes): the decoder failed: {first}") from err
+        raise InputError(f"corrupt or truncated {container} image ({len(msg.data)} bytes): "
+                         f"the decoder failed: {first}") from err
     if pixels is None or pixels.size == 0:
-        raise InputError(f"corrupt or truncated {msg.format or 'compressed'} image "
-                         f"({len(msg.data)} bytes): the decoder could not read it")
-    encoding = "png" if "png" in fmt else "jpeg"
+        raise InputError(f"corrupt or truncated {container} image ({len(msg.data)} bytes): "
+                         "the decoder could not read it")
+    encoding = container                   # what the data is, whatever `format` says
     if pixels.dtype == np.uint16:
         eight = _scale_16_to_8(pixels)
     elif pixels.dtype == np.uint8:
