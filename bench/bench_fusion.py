@@ -80,16 +80,25 @@ def parts(plain: torch.Tensor, addon: torch.Tensor, input_hw: tuple[int, int],
     probs, scratch = workspace.buffers(2, int(plain.shape[1]), input_hw, frame_hw,
                                        plain.device)
     e = torch.empty((2,) + frame_hw)
-    t = {"upsample x2 steps x2 branches": _time(lambda: [
-        _frame_logits_into(lg.float(), input_hw, frame_hw, probs[b:b + 1], scratch)
-        for b, lg in enumerate((plain, addon))]),
-        "softmax (both)": _time(lambda: torch.softmax(probs, dim=1, out=probs)),
-        "entropy (both)": _time(lambda: [_entropy_into(probs[b:b + 1], scratch, e[b:b + 1])
-                                         for b in range(2)]),
-        "weights + blend": _time(lambda: _blend_(
-            probs[0:1], probs[1:2], *_reliability_from_entropy(e).split(1), 0.8)),
-        "argmax": _time(lambda: probs[1:2].argmax(dim=1))}
-    return t
+
+    def upsample() -> None:
+        for b, logits in enumerate((plain, addon)):
+            _frame_logits_into(logits.float().contiguous(), input_hw, frame_hw,
+                               probs[b:b + 1], scratch)
+
+    def entropy() -> None:
+        for b in range(2):
+            _entropy_into(probs[b:b + 1], scratch, e[b:b + 1])
+
+    def blend() -> None:
+        r = _reliability_from_entropy(e)
+        _blend_(probs[0:1], probs[1:2], r[0:1], r[1:2], 0.8)
+
+    return {"upsample (2 steps, 2 branches)": _time(upsample),
+            "softmax (both)": _time(lambda: torch.softmax(probs, dim=1, out=probs)),
+            "entropy (both)": _time(entropy),
+            "weights + blend": _time(blend),
+            "argmax": _time(lambda: probs[1:2].argmax(dim=1))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             ref = straightforward(plain, branch_addon, input_hw, fhw, 0.8)
             out = frame_output(plain, branch_addon, input_hw, fhw, 0.8, with_probs=True,
                                with_reliability=True, workspace=workspace)
+            assert ref.probs is not None and ref.reliability is not None
             same = (torch.equal(ref.labels, out.labels) and out.probs is not None
                     and torch.equal(ref.probs, out.probs) and out.reliability is not None
                     and torch.equal(ref.reliability, out.reliability))

@@ -10,14 +10,20 @@ this process notes when each ``~/labels`` image arrives. For each frame:
 - model time = ``Result.inference_s`` of that frame (what the node reports as
   ``AdaptationStatus.inference_ms``);
 - overhead = end-to-end - model time: DDS in and out, hand-over to the worker, decoding,
-  building and publishing the four output images, scheduling.
+  building and publishing the label image, scheduling.
 
 The overhead is split into "before" (stamp -> session push starts: the camera's own
 ``publish()`` call (serialisation), DDS in, hand-over to the worker, decode; the camera's
 ``publish()`` time is also shown on its own) and "after" (push ends -> label arrival: the
 label image built and published, DDS out; the colour, overlay and confidence images go out
-after the labels). Frames go one at a time
-(the next after the previous labels arrive), so no frame waits behind another.
+after the labels).
+
+Baseline, in the same run: a minimal relay node (``node_harness.relay``) on the same topics
+and QoS that decodes each Image in its subscription callback and publishes a mono8 label
+image of the frame's size with the input header: the floor of any Python ROS 2 node doing
+this job. Its end-to-end time is the reference for the overhead (ratio overhead / relay).
+Frames go one at a time (the next after the previous labels arrive), so no frame waits
+behind another.
 
 Usage: ``python bench/bench_node.py [--quick] [--device cpu|cuda] [--sizes 480x640 1080x1920]``
 """
@@ -94,13 +100,45 @@ def summarise(pairs: Sequence[dict[str, float]], sent: int,
     return out
 
 
+def measure_sizes(camera: Camera, sizes: Sequence[tuple[int, int]], frames: int, warmup: int,
+                  timeout: float, node: NodeProcess
+                  ) -> dict[tuple[int, int], list[tuple[int, float | None]]]:
+    """(stamp, arrival) of ``frames`` measured frames per size, after ``warmup`` others."""
+    sent: dict[tuple[int, int], list[tuple[int, float | None]]] = {}
+    for h, w in sizes:
+        messages = [camera.image(f) for f in synthetic_frames(h, w, 4)]
+        send_sequential(camera, messages, warmup, timeout)      # cache, allocator
+        sent[(h, w)] = send_sequential(camera, messages, frames, timeout)
+        node.check_alive()
+    return sent
+
+
+def run_relay(sizes: Sequence[tuple[int, int]], frames: int, warmup: int, folder: Path,
+              input_reliability: str, timeout: float) -> dict[tuple[int, int], float]:
+    """Baseline: median end-to-end ms per size through the minimal relay node."""
+    folder.mkdir(parents=True, exist_ok=True)
+    camera = Camera(reliability=input_reliability, name="bench_camera_relay")
+    relay = NodeProcess({}, folder, relay=input_reliability)
+    try:
+        if not camera.subscribers_ready(120.0):
+            relay.check_alive()
+            raise RuntimeError(f"the relay node did not subscribe:\n{relay.log_tail()}")
+        sent = measure_sizes(camera, sizes, frames, max(1, warmup), timeout, relay)
+    finally:
+        relay.stop()
+        camera.close()
+    return {size: median([1000.0 * (r - s / 1e9) for s, r in rows if r is not None])
+            for size, rows in sent.items()}
+
+
 def run_node_bench(sizes: Sequence[tuple[int, int]], frames: int, warmup: int, *,
                    device: str = "cpu", variant: str = "tiny", num_classes: int = 124,
                    embed_dim: int = 256, sam2_image_size: int = 256,
                    input_reliability: str = "reliable", timeout: float = 120.0,
                    startup_timeout: float = 300.0, workdir: Path | None = None,
-                   fit: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Measure the node's overhead at each frame size (HxW); the importable core."""
+                   fit: tuple[int, int] | None = None, relay: bool = True) -> dict[str, Any]:
+    """Measure the node's overhead at each frame size (HxW), then the relay baseline; the
+    importable core."""
     with tempfile.TemporaryDirectory(prefix="bench_node_") as tmp:
         folder = workdir or Path(tmp)
         params = node_parameters(variant=variant, num_classes=num_classes,
@@ -114,26 +152,26 @@ def run_node_bench(sizes: Sequence[tuple[int, int]], frames: int, warmup: int, *
         camera = Camera(reliability=input_reliability)
         camera.track_publish = True
         node = NodeProcess(params, folder)
-        sent: dict[tuple[int, int], list[tuple[int, float | None]]] = {}
         try:
             start = time.perf_counter()
             wait_active(camera, node, "adapted", startup_timeout)
             startup_s = time.perf_counter() - start
-            for h, w in sizes:
-                messages = [camera.image(f) for f in synthetic_frames(h, w, 4)]
-                send_sequential(camera, messages, warmup, timeout)      # cache, allocator
-                sent[(h, w)] = send_sequential(camera, messages, frames, timeout)
-                node.check_alive()
+            sent = measure_sizes(camera, sizes, frames, warmup, timeout, node)
             status = camera.latest_status()
         finally:
             records = node.stop()
             camera.close()
+        floor = (run_relay(sizes, frames, warmup, folder / "relay", input_reliability, timeout)
+                 if relay else {})
     rows = []
     for (h, w), s in sent.items():
         row = summarise(pair_records(s, records), len(s),
                         [camera.publish_s[stamp] for stamp, _ in s if stamp in camera.publish_s])
         row["frame"] = [h, w]
         row["lost"] = sum(1 for _, r in s if r is None)
+        row["relay_e2e_ms"] = floor.get((h, w))
+        row["overhead_over_relay"] = (row["overhead_ms"] / floor[(h, w)]
+                                      if floor.get((h, w)) else None)
         rows.append(row)
     return {"sizes": rows, "node_startup_s": startup_s, "params": params,
             "status_inference_ms": None if status is None else status.inference_ms,
@@ -150,7 +188,10 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"init), {p['model.num_classes']} classes, D = {p['model.embed_dim']}, phase "
              f"ADAPTED (add-on + fusion), all four image outputs on, input QoS "
              f"{p['input_reliability']}; frames sent one at a time; medians over "
-             f"{b['sizes'][0]['frames_measured'] if b['sizes'] else 0} frames per size.", ""]
+             f"{b['sizes'][0]['frames_measured'] if b['sizes'] else 0} frames per size. "
+             "Baseline: a minimal relay node (decode the Image in the subscription callback, "
+             "publish a same-size mono8 label image; no model, no worker thread), same "
+             "frames and QoS, end-to-end.", ""]
     rows = []
     for r in b["sizes"]:
         goal = ""
@@ -161,11 +202,12 @@ def to_markdown(result: dict[str, Any]) -> str:
                      fmt(r["overhead_p90_ms"], 1), fmt(r["camera_publish_ms"], 1),
                      fmt(r["before_ms"], 1),
                      fmt(r["after_ms"], 1), f"{100 * r['overhead_share_of_model']:.1f} %",
+                     fmt(r.get("relay_e2e_ms"), 1), fmt(r.get("overhead_over_relay"), 2),
                      goal or "-"])
     lines.append(markdown_table(
         ["frame (W x H)", "end-to-end ms", "model ms", "overhead ms", "overhead p90 ms",
          "camera publish() ms", "of which before push", "of which after push",
-         "overhead / model",
+         "overhead / model", "relay baseline ms", "overhead / relay",
          "< 10 ms at 640 x 480"], rows))
     return "\n".join(lines)
 

@@ -87,7 +87,11 @@ def serve(argv: Sequence[str] | None = None) -> int:
     split = args_in.index("--ros-args") if "--ros-args" in args_in else len(args_in)
     parser = argparse.ArgumentParser(description="ditta_node with per-frame timing records")
     parser.add_argument("--record", type=Path, required=True, help="JSON file for the records")
+    parser.add_argument("--relay", choices=("reliable", "best_effort"), default=None,
+                        help="run the baseline relay node (this input QoS) instead")
     args = parser.parse_args(args_in[:split])
+    if args.relay is not None:
+        return relay(args.relay, args.record)
     holder: list[RecordingSession] = []
 
     def factory(config: Any, on_status: Any) -> Any:
@@ -104,6 +108,46 @@ def serve(argv: Sequence[str] | None = None) -> int:
         rclpy.try_shutdown()
         records = [r for h in holder for r in h.records()]
         args.record.write_text(json.dumps({"records": records}))
+    return 0
+
+
+def relay(reliability: str, record: Path) -> int:
+    """The baseline: the least a Python ROS 2 node does with a camera image. Same topics
+    as ditta_node; in the subscription callback itself, decode the Image (the node's own
+    ``image_to_frame``) and publish a mono8 label image of the frame's size with the input's
+    header. No model, no hand-over to a worker thread, no other outputs."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    from ditta_ros.ros.image import array_to_image, image_to_frame
+
+    rclpy.init(args=["node_harness_relay"])
+    node = Node("ditta_node")
+    out = node.create_publisher(Image, "~/labels", QoSProfile(
+        depth=2, reliability=ReliabilityPolicy.RELIABLE))
+
+    def on_image(msg: Image) -> None:
+        frame = image_to_frame(msg).frame                               # (H, W, 3) BGR
+        labels = np.zeros(frame.shape[:2], dtype=np.uint8)              # (H, W)
+        out.publish(array_to_image(labels, "mono8", msg.header))
+
+    qos = QoSProfile(depth=1, reliability=(
+        ReliabilityPolicy.RELIABLE if reliability == "reliable"
+        else ReliabilityPolicy.BEST_EFFORT), durability=qos_profile_sensor_data.durability)
+    node.create_subscription(Image, "/image", on_image, qos)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        record.write_text(json.dumps({"records": []}))
     return 0
 
 
@@ -277,7 +321,8 @@ class Camera:
 class NodeProcess:
     """ditta_node (with per-frame records) in a child process; ``stop()`` returns them."""
 
-    def __init__(self, params: dict[str, Any], workdir: Path, threads: int = 0) -> None:
+    def __init__(self, params: dict[str, Any], workdir: Path, threads: int = 0,
+                 relay: str | None = None) -> None:
         self.record_path = workdir / "node_records.json"
         self.log_path = workdir / "node.log"
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
@@ -286,7 +331,8 @@ class NodeProcess:
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--record", str(self.record_path),
-             *_ros_args(params)], cwd=ROOT, env=env, stdout=self._log,
+             *(["--relay", relay] if relay else []), *_ros_args(params)], cwd=ROOT, env=env,
+            stdout=self._log,
             stderr=subprocess.STDOUT)
 
     @property

@@ -19,13 +19,14 @@ import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticStatus
 from fixtures_faults import FAST_PARAMS, one_torch_thread  # noqa: F401
-from fixtures_node import Harness, harness, stamp_key
+from fixtures_node import Harness, harness, ros_args, ros_context, stamp_key
 from fixtures_stream import NUM_CLASSES, OracleTeacher, make_video, tiny_model
+from rclpy.executors import MultiThreadedExecutor
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ditta_ros.engine.session import Session
 from ditta_ros.engine.types import Targets
-from ditta_ros.ros.node import LoadedSession
+from ditta_ros.ros.node import DittaNode, LoadedSession, run
 
 
 class FaultyTeacher:
@@ -178,3 +179,23 @@ def test_failed_re_adaptation_drops_the_old_adaptation_for_iss() -> None:
         adapt_again(h, range(12, 15))
         assert h.latest_status().adaptations_completed == 2
     assert teacher.calls == 3
+
+
+class InterruptedNode(DittaNode):
+    """A node whose activation is cut short by Ctrl-C, as when SIGINT arrives while
+    autostart activates it: the lifecycle state machine stays mid-transition."""
+
+    def on_activate(self, state: Any) -> Any:
+        super().on_activate(state)
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_autostart_activation_exits_cleanly() -> None:
+    """run() must not raise when shutdown is refused mid-transition (rclpy raises RCLError
+    'Shutdown transtion not possible'); everything configure loaded is released."""
+    video = make_video()
+    teacher = FaultyTeacher(OracleTeacher([video], 5))
+    with ros_context(ros_args({**FAST_PARAMS, "autostart": True})) as context:
+        node = InterruptedNode(session_factory=faulty_factory(teacher), context=context)
+        run(node, MultiThreadedExecutor(context=context))   # returns: no exception escapes
+        assert node._session is None and node._worker is None and not node._out_pubs

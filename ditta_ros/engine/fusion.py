@@ -224,6 +224,21 @@ def _frame_logits_into(logits: Tensor, input_hw: tuple[int, int], frame_hw: tupl
         src = out
 
 
+def _softmax_(x: Tensor) -> None:
+    """Softmax over dim 1 of (B, C, H, W), in place.
+
+    On CPU the kernel reads all of a pixel's class values before it writes them, so the
+    output may alias the input (test_fusion checks the result bit for bit against the
+    out-of-place softmax, at one and two threads). Other devices take the out-of-place
+    softmax and a copy: the same numbers, with no reliance on how their kernel orders its
+    reads and writes.
+    """
+    if x.device.type == "cpu":
+        torch.softmax(x, dim=1, out=x)
+    else:
+        x.copy_(torch.softmax(x, dim=1))
+
+
 @dataclass(frozen=True)
 class FrameOutput:
     """Stage D output of one frame, tensors still on the model's device.
@@ -262,8 +277,12 @@ def frame_output(plain_logits: Tensor, addon_logits: Tensor | None, input_hw: tu
     probs, scratch = ws.buffers(len(branches), int(plain_logits.shape[1]), input_hw, frame_hw,
                                 plain_logits.device)                 # (n, C, H, W), flat
     for b, logits in enumerate(branches):
-        _frame_logits_into(logits.float(), input_hw, frame_hw, probs[b:b + 1], scratch)
-    torch.softmax(probs, dim=1, out=probs)                           # in place, per branch
+        # NCHW-contiguous as the batch torch.cat made before: the add-on's logits come out
+        # channels-last, and bilinear upsampling of a channels-last map is another kernel
+        # with other rounding.
+        _frame_logits_into(logits.float().contiguous(), input_hw, frame_hw, probs[b:b + 1],
+                           scratch)
+    _softmax_(probs)                                                 # per branch
     if addon_logits is None:
         final = probs[0:1]                                           # (1, C, H, W)
     else:

@@ -565,8 +565,14 @@ def run(node: DittaNode, executor: MultiThreadedExecutor) -> None:
         pass
     finally:
         if node.lifecycle_label != "finalized":
-            node.trigger_shutdown()
-        node.release()  # when Ctrl-C cut a transition short, shutdown could not run
+            try:
+                node.trigger_shutdown()
+            except Exception as err:  # noqa: BLE001 - rclpy raises RCLError, not a return
+                # Ctrl-C cut a transition short (e.g. autostart's activate): the state
+                # machine is mid-transition and refuses shutdown; release() below frees all.
+                node.get_logger().info(f"shutdown transition not possible ({err}): "
+                                       "releasing directly")
+        node.release()
         executor.shutdown(timeout_sec=5.0)
         node.destroy_node()
 
