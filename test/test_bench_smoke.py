@@ -105,6 +105,7 @@ def test_node_bench_measures_each_frame_over_dds() -> None:
     assert row["e2e_ms"] > row["model_ms"] > 0
     assert row["overhead_ms"] == pytest.approx(row["e2e_ms"] - row["model_ms"], abs=50.0)
     assert len(row["all_ms"]["overhead"]) == 2
+    assert row["relay_e2e_ms"] > 0 and row["overhead_over_relay"] > 0     # the baseline ran
 
 
 @pytest.mark.slow

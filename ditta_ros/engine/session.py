@@ -226,7 +226,7 @@ class Session:
                     self._adapted_model = None
                     self._set_phase_locked(
                         Phase.FAILED, f"adaptation failed: {type(exc).__name__}: {exc}; "
-                        "serving the ISS model (request_adaptation() to try again)")
+                        "serving the ISS model (request a new adaptation to try again)")
         finally:
             self._flush()
 
@@ -294,6 +294,17 @@ class Session:
             self._set_phase_locked(Phase.WARMUP, "adaptation requested: collecting warm-up "
                                    f"frames (0/{self._config.adaptation.warmup_frames})")
         self._flush()
+
+    def restart_stream(self) -> None:
+        """The stream jumped (a bag looped, a camera restarted): forget the previous frame,
+        so the next frame is served without the add-on, as frame 0 of a stream. The phase and
+        any adaptation stay."""
+        with self._push_lock:
+            with self._lock:
+                self._check_open_locked()
+                predictor = self._serving
+                self._last_frame, self._needs_prime = None, False
+            predictor.reset()
 
     def reset(self) -> None:
         """Drop any adaptation and serve the base model now; the session starts over (phase
@@ -382,7 +393,7 @@ class Session:
             steps_done=self._steps_done, steps_total=self._steps_total,
             last_losses=self._last_losses, num_objects=self._num_objects,
             stage_seconds=dict(self._stage_seconds), frames_pushed=self._frames_pushed,
-            adaptations_done=self._adaptations_done)
+            adaptations_done=self._adaptations_done, serving=self._source)
 
     def _set_phase_locked(self, phase: Phase, message: str) -> None:
         self._phase, self._message = phase, message

@@ -16,8 +16,10 @@ import numpy as np
 class Phase(enum.Enum):
     """Where a streaming session is in its life (STYLE.md glossary: "phase")."""
 
-    WARMUP = "WARMUP"      # collecting warm-up frames, serving ISS labels
-    ADAPTING = "ADAPTING"  # stages B + C run in the background, serving ISS labels
+    # While WARMUP/ADAPTING the ISS model serves, or the previous adaptation after a
+    # requested re-adaptation: Result.source and SessionStatus.serving say which.
+    WARMUP = "WARMUP"      # collecting warm-up frames
+    ADAPTING = "ADAPTING"  # stages A + B + C run in the background
     ADAPTED = "ADAPTED"    # serving the adapted model with fusion (stage D)
     FAILED = "FAILED"      # adaptation raised or found nothing to learn; serving ISS labels
 
@@ -127,3 +129,4 @@ class SessionStatus:
     stage_seconds: dict[str, float] = field(default_factory=dict)  # "A", "B", "C"
     frames_pushed: int = 0
     adaptations_done: int = 0
+    serving: Source = Source.ISS          # the model serving the next pushed frame

@@ -39,7 +39,7 @@ from std_srvs.srv import Trigger
 
 from ditta_ros.config import DittaConfig, NodeConfig
 from ditta_ros.engine.errors import ConfigError, DittaError, InputError
-from ditta_ros.engine.types import Phase, SessionStatus, Source
+from ditta_ros.engine.types import Phase, SessionStatus
 from ditta_ros.labels import ClassSet, colorize, load_classes
 from ditta_ros.msg import AdaptationStatus
 from ditta_ros.ros import outputs
@@ -86,17 +86,12 @@ class DittaNode(LifecycleNode):
         self._stats = FrameStats()
         self._log_limit = RateLimitedLog(period=5.0)
         self._last_phase: Phase | None = None
-        self._serving: Source | None = None
         self._last_size: tuple[int, int] | None = None
         self._resolution_changes = 0
         self._last_stamp: tuple[int, int] | None = None
         self._stamp_jumps_back = 0
         self._rejected_at_last_report = 0
         self._phase_lock = threading.Lock()
-        # Bumped (under _phase_lock) whenever the serving model may have switched outside a
-        # push: a phase change reported by the session, or ~/reset. A frame's result only
-        # sets _serving when no switch happened while it was pushed (else it is older news).
-        self._serving_epoch = 0
         self._last_error = ""                    # why the last configure failed
         self._param_problems = declare_parameters(self)
         self.add_on_set_parameters_callback(self._check_parameters)
@@ -232,7 +227,6 @@ class DittaNode(LifecycleNode):
         self._stats.reset()
         self._last_size, self._resolution_changes = None, 0
         self._last_stamp, self._stamp_jumps_back = None, 0
-        self._serving = Source.ISS
         self._last_phase = None
 
     def _create_outputs(self, node_cfg: NodeConfig) -> None:
@@ -278,7 +272,7 @@ class DittaNode(LifecycleNode):
             session, self._session = self._session, None
             device = self._engine_cfg.model.device if self._engine_cfg else "cpu"
             self._engine_cfg = self._node_cfg = self._classes = None
-            self._num_classes, self._names, self._serving = 0, (), None
+            self._num_classes, self._names = 0, ()
         if session is not None:
             session.close()
             del session
@@ -321,19 +315,16 @@ class DittaNode(LifecycleNode):
         if session is None or node_cfg is None or classes is None:
             self._stats.dropped()
             return
-        epoch = self._serving_epoch
         try:
             decoded = (compressed_to_frame(msg) if isinstance(msg, CompressedImage)
                        else image_to_frame(msg))
             self._note_size(decoded, msg.header.frame_id)
-            self._note_stamp(msg.header)
+            if self._note_stamp(msg.header):
+                session.restart_stream()     # never fuse with the frame before the jump
             result = session.push(decoded.frame, with_reliability=node_cfg.publish_confidence)
         except InputError as err:
             self._reject(str(err), msg.header.frame_id)
             return
-        with self._phase_lock:
-            if self._serving_epoch == epoch:
-                self._serving = result.source
         self._stats.processed(result.inference_s)
         self._publish_result(msg.header, decoded, result, node_cfg, classes, num_classes)
         self._stats.published(time.monotonic() - received)
@@ -368,15 +359,16 @@ class DittaNode(LifecycleNode):
                 f"(frame_id '{frame_id}'): a warm-up restarts, an adapted model drops its "
                 f"previous-frame cache{more}")
 
-    def _note_stamp(self, header: Header) -> None:
+    def _note_stamp(self, header: Header) -> bool:
         """Log and count an input stamp older than the previous frame's (a bag that loops, a
-        camera or clock restarted). Not an error: the frame is served as usual, its outputs
-        keep its stamp unchanged, and the adaptation stays (the scene did not necessarily
-        change; ~/adapt re-adapts on demand)."""
+        camera or clock restarted); True then. Not an error: the frame is served as usual
+        (without the add-on: the previous frame belongs to another moment), its outputs keep
+        its stamp unchanged, and the adaptation stays (the scene did not necessarily change;
+        ~/adapt re-adapts on demand)."""
         stamp = (int(header.stamp.sec), int(header.stamp.nanosec))
         previous, self._last_stamp = self._last_stamp, stamp
         if previous is None or stamp >= previous:
-            return
+            return False
         self._stamp_jumps_back += 1
         suppressed = self._log_limit.check("stamp")
         if suppressed is not None:
@@ -384,8 +376,9 @@ class DittaNode(LifecycleNode):
             more = f" ({suppressed} more since the last report)" if suppressed else ""
             self.get_logger().warning(
                 f"input stamp went back by {back:.3f} s (frame_id '{header.frame_id}'; a "
-                "looping bag or a restarted camera?): served as usual, outputs keep the input "
-                f"stamp, the adaptation stays{more}")
+                "looping bag or a restarted camera?): served as usual without the add-on, "
+                f"outputs keep the input stamp, the adaptation stays{more}")
+        return True
 
     def _reject(self, reason: str, frame_id: str) -> None:
         self._stats.rejected(reason)
@@ -414,12 +407,6 @@ class DittaNode(LifecycleNode):
             if status.phase is self._last_phase:
                 return
             self._last_phase = status.phase
-            self._serving_epoch += 1
-            # The session swaps models on these phases; frames report the source too.
-            if status.phase is Phase.ADAPTED:
-                self._serving = Source.ADAPTED
-            elif status.phase is Phase.FAILED:
-                self._serving = Source.ISS
             self.publish_status(status=status)
 
     def status_message(self, message: str = "", status: SessionStatus | None = None
@@ -429,7 +416,7 @@ class DittaNode(LifecycleNode):
             session = self._session
         if status is None and session is not None:
             status = session.status()
-        serving = self._serving if session is not None else None
+        serving = status.serving if session is not None and status is not None else None
         if session is None and not message:
             message = self._last_error
         stamp = self.get_clock().now().to_msg()
@@ -483,9 +470,6 @@ class DittaNode(LifecycleNode):
                    ) -> Trigger.Response:
         def run(session: Any) -> str:
             session.reset()
-            with self._phase_lock:
-                self._serving_epoch += 1
-                self._serving = Source.ISS
             return "reset: serving the base model, warm-up restarted"
         return self._with_session(response, run)
 
