@@ -510,3 +510,23 @@ def test_env_script_sets_up_the_venv_layout() -> None:
     out = subprocess.run(["bash", "-c", "source scripts/env.sh; " + show], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=30, check=True).stdout.splitlines()
     assert out[0] == f"SUBNET|{venv}|{venv}"
+
+
+def test_evaluation_tools_import_without_ros_messages(tmp_path: Path) -> None:
+    """A pip-only install (no ROS) evaluates bags and datasets: the tools, the bag reader and
+    the image decoding they share with the node need no rclpy and no message packages."""
+    out = _python(
+        "import sys\n"
+        "for name in ('rclpy', 'sensor_msgs', 'std_msgs', 'builtin_interfaces', 'vision_msgs',\n"
+        "             'diagnostic_msgs', 'std_srvs', 'lifecycle_msgs', 'ditta_ros.msg'):\n"
+        "    sys.modules[name] = None  # any import of them raises ImportError\n"
+        "import ditta_ros.tools.eval, ditta_ros.tools.evaluation, ditta_ros.tools.bags\n"
+        "import ditta_ros.tools.convert_checkpoint, ditta_ros.ros.image\n"
+        "import numpy as np\n"
+        "from ditta_ros.ros.image import raw_to_array, array_to_bgr\n"
+        "rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)\n"
+        "bgr = array_to_bgr(raw_to_array(rgb.tobytes(), 2, 3, 'rgb8', 9, False), 'rgb8')\n"
+        "assert (bgr == rgb[..., ::-1]).all()\n"
+        "print('ok')\n",
+        cwd=REPO, pythonpath=str(REPO), isolated=False)
+    assert out.strip().endswith("ok")

@@ -19,14 +19,16 @@ from __future__ import annotations
 import array
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header
 
 from ditta_ros.engine.errors import InputError
+
+if TYPE_CHECKING:  # decoding needs only the message fields: bags are read without ROS
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import Header
 
 try:  # pragma: no cover - only on a ROS install with cv_bridge (not installable here)
     from cv_bridge import CvBridge as _CvBridge
@@ -297,6 +299,8 @@ def array_to_image(pixels: np.ndarray, encoding: str, header: Header) -> Image:
                          f"{'(H, W)' if channels == 1 else f'(H, W, {channels})'}, got "
                          f"{pixels.dtype.name} {pixels.shape}")
     contiguous = np.ascontiguousarray(pixels)
+    from sensor_msgs.msg import Image
+
     msg = Image()
     msg.header = header
     msg.height, msg.width = int(contiguous.shape[0]), int(contiguous.shape[1])
