@@ -15,6 +15,10 @@ else
   # Localhost-only discovery by default (ROS 2 Jazzy and later). For a robot talking to other
   # machines, export ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET before sourcing this file.
   export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
+  # Humble (and Iron) predate that variable: their switch is ROS_LOCALHOST_ONLY.
+  case "${ROS_DISTRO:-}" in
+    humble|iron) export ROS_LOCALHOST_ONLY="${ROS_LOCALHOST_ONLY:-1}" ;;
+  esac
   if [ -f "$_ditta_root/install/local_setup.sh" ]; then
     # Built against a system ROS 2 (scripts/setup.sh with $ROS_DISTRO set).
     if [ -z "${ROS_DISTRO:-}" ]; then

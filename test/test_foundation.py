@@ -530,3 +530,14 @@ def test_evaluation_tools_import_without_ros_messages(tmp_path: Path) -> None:
         "print('ok')\n",
         cwd=REPO, pythonpath=str(REPO), isolated=False)
     assert out.strip().endswith("ok")
+
+
+@pytest.mark.parametrize(("distro", "localhost_only"), [("", None), ("humble", "1"),
+                                                        ("jazzy", None), ("kilted", None)])
+def test_keep_dds_local_on_every_distro(distro: str, localhost_only: str | None) -> None:
+    from ditta_ros.ros.dds import keep_dds_local
+
+    env = {"ROS_DISTRO": distro, "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
+    keep_dds_local(env)
+    assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    assert env.get("ROS_LOCALHOST_ONLY") == localhost_only

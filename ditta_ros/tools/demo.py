@@ -189,7 +189,9 @@ def _plain(value: Any) -> Any:
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Stream, record, summarise; returns the summary (also written to the output folder)."""
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"   # DDS stays on this machine
+    from ditta_ros.ros.dds import keep_dds_local
+
+    keep_dds_local()   # DDS stays on this machine
     if args.domain_id is not None:
         os.environ["ROS_DOMAIN_ID"] = str(args.domain_id)
     os.environ.setdefault("ROS_DOMAIN_ID", "42")

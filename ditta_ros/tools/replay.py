@@ -12,7 +12,6 @@ before rclpy starts.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 import time
@@ -113,7 +112,9 @@ def play(items: Sequence[ReplayItem], publish: PublishFn, rate: float = 1.0, loo
 
 def localhost_only() -> None:
     """Keep DDS discovery on this machine (set before rclpy creates its context)."""
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    from ditta_ros.ros.dds import keep_dds_local
+
+    keep_dds_local()
 
 
 class RosPublisher:
