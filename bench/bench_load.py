@@ -54,6 +54,7 @@ from node_harness import (  # noqa: E402
     Camera,
     NodeProcess,
     node_parameters,
+    use_large_shm,
     wait_active,
     write_adaptation_file,
 )
@@ -153,7 +154,7 @@ def run_load(camera: Camera, node: NodeProcess, messages: Sequence[Any], rate_hz
 def run_load_bench(size: tuple[int, int], factors: Sequence[float], duration_s: float, *,
                    device: str = "cpu", variant: str = "tiny", num_classes: int = 124,
                    embed_dim: int = 256, calibration_frames: int = 5,
-                   input_reliability: str = "best_effort", startup_timeout: float = 300.0,
+                   input_reliability: str = "reliable", startup_timeout: float = 300.0,
                    fit: tuple[int, int] | None = None) -> dict[str, Any]:
     """Measure the processing rate, then run each load factor; the importable core."""
     h, w = size
@@ -191,10 +192,11 @@ def run_load_bench(size: tuple[int, int], factors: Sequence[float], duration_s: 
 def to_markdown(result: dict[str, Any]) -> str:
     b = result["bench"]
     p = b["params"]
+    shm = ", Fast DDS shared memory only, 32 MiB segment" if result.get("large_shm") else ""
     lines = [machine_line(result["machine"]),
              f"Command: `{result['command']}` ({result['date']})", "",
              f"Load on ditta_node (own process, real DDS, input QoS {p['input_reliability']} "
-             f"depth 1), {b['frame'][1]} x {b['frame'][0]} frames, model {p['model.variant']} "
+             f"depth 1{shm}), {b['frame'][1]} x {b['frame'][0]} frames, model {p['model.variant']} "
              f"(random init), {p['model.num_classes']} classes, phase ADAPTED. Processing rate "
              f"measured first (frames one at a time): {b['processing_rate_hz']:.2f} Hz. Each "
              f"load runs {b['duration_s']:.0f} s; memory growth is measured after the first "
@@ -228,7 +230,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=124, help="classes (VSPW: 124)")
     parser.add_argument("--embed-dim", type=int, default=256, help="decoder width D")
     parser.add_argument("--input-reliability", choices=("reliable", "best_effort"),
-                        default="best_effort", help="input QoS (cameras: best_effort)")
+                        default="reliable",
+                        help="input QoS of the node and the camera (best_effort needs "
+                             "--large-shm for raw images of 640 x 480 and up)")
+    parser.add_argument("--large-shm", action="store_true",
+                        help="Fast DDS over shared memory only with a 32 MiB segment "
+                             "(bench/fastdds_large_shm.xml); needed for best-effort raw images "
+                             "of 640 x 480 and up with Fast DDS's defaults")
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 15.0 if args.quick else 60.0
@@ -238,9 +246,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = setup_device(args)
+    if args.large_shm:
+        use_large_shm()
     result: dict[str, Any] = {"machine": machine_info(device),
                               "command": command_line("bench/bench_load.py", argv),
                               "date": now_utc()}
+    result["large_shm"] = args.large_shm
     result["bench"] = run_load_bench(args.size, args.factors, args.duration, device=args.device,
                                      variant=args.variant, num_classes=args.num_classes,
                                      embed_dim=args.embed_dim,

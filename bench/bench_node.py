@@ -58,6 +58,7 @@ from node_harness import (  # noqa: E402
     NodeProcess,
     node_parameters,
     pair_records,
+    use_large_shm,
     wait_active,
     write_adaptation_file,
 )
@@ -227,6 +228,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         default="reliable", help="input QoS of the node and the camera")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for one frame's labels")
+    parser.add_argument("--large-shm", action="store_true",
+                        help="Fast DDS over shared memory only with a 32 MiB segment "
+                             "(bench/fastdds_large_shm.xml); needed for best-effort raw images "
+                             "of 640 x 480 and up with Fast DDS's defaults")
     args = parser.parse_args(argv)
     if args.frames is None:
         args.frames = 10 if args.quick else 30
@@ -236,6 +241,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = setup_device(args)
+    if args.large_shm:
+        use_large_shm()
     result: dict[str, Any] = {"machine": machine_info(device),
                               "command": command_line("bench/bench_node.py", argv),
                               "date": now_utc()}

@@ -43,6 +43,15 @@ from common import ROOT, ros_environment, rss_bytes  # noqa: E402
 ros_environment()
 
 RECORD_ROWS = 20000          # ring buffer rows in the node process (about 0.8 MB, preallocated)
+LARGE_SHM_PROFILE = Path(__file__).resolve().parent / "fastdds_large_shm.xml"
+
+
+def use_large_shm() -> None:
+    """Fast DDS over shared memory only, 32 MiB segment, for this process and the node
+    process started after this call (see fastdds_large_shm.xml: with the default 512 KiB
+    segment, best-effort raw images of 640 x 480 and up never arrived on this machine).
+    Call before the first Camera."""
+    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(LARGE_SHM_PROFILE)
 
 
 # ============================================================================ node process

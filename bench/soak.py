@@ -1,7 +1,8 @@
 """Soak: ditta_node fed at a camera rate for a long time; memory and latency over time.
 
 Not part of CI (10 minutes by default; quick: 1 minute). ditta_node runs in its own process
-over real DDS (``bench/node_harness.py``), in its steady state (ADAPTED, loaded adaptation)
+over real DDS (``bench/node_harness.py``; input QoS reliable by default, see
+``--input-reliability`` and ``--large-shm``), in its steady state (ADAPTED, loaded adaptation)
 or, with ``--adapt-live``, starting from the warm-up so that one real adaptation (random
 SAM2 hiera-t teacher) happens during the soak. Frames (640 x 480 by default) are offered at
 a fixed camera rate; every ``--window`` seconds a row is recorded:
@@ -48,6 +49,7 @@ from node_harness import (  # noqa: E402
     Camera,
     NodeProcess,
     node_parameters,
+    use_large_shm,
     wait_active,
     write_adaptation_file,
 )
@@ -86,7 +88,7 @@ class Recorder:
 def run_soak(size: tuple[int, int], rate_hz: float, duration_s: float, window_s: float, *,
              device: str = "cpu", variant: str = "tiny", num_classes: int = 124,
              embed_dim: int = 256, adapt_live: bool = False, warmup_frames: int = 10,
-             startup_timeout: float = 300.0,
+             startup_timeout: float = 300.0, input_reliability: str = "reliable",
              fit: tuple[int, int] | None = None) -> dict[str, Any]:
     """The soak itself; returns the rows and a summary (the importable core)."""
     h, w = size
@@ -101,10 +103,10 @@ def run_soak(size: tuple[int, int], rate_hz: float, duration_s: float, window_s:
         params = node_parameters(
             variant=variant, num_classes=num_classes, embed_dim=embed_dim, device=device,
             adaptation_file="" if adapt_live else str(folder / "adaptation.pt"),
-            input_reliability="best_effort", extra=extra)
+            input_reliability=input_reliability, extra=extra)
         if not adapt_live:
             write_adaptation_file(folder / "adaptation.pt", params)
-        camera = Camera(reliability="best_effort")
+        camera = Camera(reliability=input_reliability)
         node = NodeProcess(params, folder)
         try:
             wait_active(camera, node, "warmup" if adapt_live else "adapted", startup_timeout)
@@ -176,7 +178,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [machine_line(result["machine"]),
              f"Command: `{result['command']}` ({result['date']})", "",
              f"Soak: {s['frame'][1]} x {s['frame'][0]} frames offered at {s['rate_hz']:g} Hz "
-             f"for {s['duration_s']:.0f} s to ditta_node (own process, real DDS, best effort), "
+             f"for {s['duration_s']:.0f} s to ditta_node (own process, real DDS, input QoS "
+             f"{p['input_reliability']}), "
              f"model {p['model.variant']} (random init), {p['model.num_classes']} classes; "
              + ("live warm-up and adaptation during the soak" if s["adapt_live"]
                 else "steady state ADAPTED") + f"; final phase {s['final_phase']}. "
@@ -204,9 +207,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="start from the warm-up: one real adaptation during the soak")
     parser.add_argument("--warmup-frames", type=int, default=10,
                         help="warm-up length with --adapt-live")
+    parser.add_argument("--input-reliability", choices=("reliable", "best_effort"),
+                        default="reliable",
+                        help="input QoS of the node and the camera (best_effort needs "
+                             "--large-shm for raw images of 640 x 480 and up)")
     parser.add_argument("--variant", default="tiny", help="MiT size of the random ISS model")
     parser.add_argument("--num-classes", type=int, default=124, help="classes (VSPW: 124)")
     parser.add_argument("--embed-dim", type=int, default=256, help="decoder width D")
+    parser.add_argument("--large-shm", action="store_true",
+                        help="Fast DDS over shared memory only with a 32 MiB segment "
+                             "(bench/fastdds_large_shm.xml); needed for best-effort raw images "
+                             "of 640 x 480 and up with Fast DDS's defaults")
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 60.0 if args.quick else 600.0
@@ -216,13 +227,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = setup_device(args)
+    if args.large_shm:
+        use_large_shm()
     result: dict[str, Any] = {"machine": machine_info(device),
                               "command": command_line("bench/soak.py", argv),
                               "date": now_utc()}
     result["bench"] = run_soak(args.size, args.rate, args.duration, args.window,
                                device=args.device, variant=args.variant,
                                num_classes=args.num_classes, embed_dim=args.embed_dim,
-                               adapt_live=args.adapt_live, warmup_frames=args.warmup_frames)
+                               adapt_live=args.adapt_live, warmup_frames=args.warmup_frames,
+                               input_reliability=args.input_reliability)
     out = args.out if args.out is not None else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     write_csv(result["bench"]["rows"], out / "soak.csv")
