@@ -1,11 +1,12 @@
 """Stage D frame-size output: the workspace implementation against the straightforward one.
 
-Times ``fusion.frame_output`` (buffers kept across frames, in-place softmax and blend) and the
-pipeline it replaced (``to_frame_size``, softmax, ``torch.special.entr`` reliabilities, lerp,
-argmax, every step into a new tensor), for the plain branch alone (ISS serving) and for the
-fused two-branch output (DiTTA streaming), interleaved, medians over repeats, on the same
-logits. Checks on every repeat that both give the same labels, probabilities and
-reliability bit for bit. Also splits the fused output into its passes.
+Times ``fusion.frame_output`` (buffers kept across frames, in-place softmax and blend, argmax
+by a matrix product) and the pipeline it replaced (``to_frame_size``, softmax,
+``torch.special.entr`` reliabilities, lerp, argmax, every step into a new tensor), for the
+plain branch alone (ISS serving) and for the fused two-branch output (DiTTA streaming),
+interleaved, medians over repeats, on the same logits. First checks that both give the
+same labels, probabilities and reliability bit for bit (exit status 1 otherwise). Also
+splits the fused output into its passes.
 
 The logits are random at 1/4 of the network input, ~1e-3 apart like a random-init
 SegFormer's (the worst case for rounding: every label is a near tie).
@@ -72,6 +73,7 @@ def parts(plain: torch.Tensor, addon: torch.Tensor, input_hw: tuple[int, int],
     """Seconds of the passes of one fused output, into kept buffers (one measurement)."""
     from ditta_ros.engine.fusion import (
         _blend_,
+        _class_argmax,
         _entropy_into,
         _frame_logits_into,
         _reliability_from_entropy,
@@ -98,7 +100,7 @@ def parts(plain: torch.Tensor, addon: torch.Tensor, input_hw: tuple[int, int],
             "softmax (both)": _time(lambda: torch.softmax(probs, dim=1, out=probs)),
             "entropy (both)": _time(entropy),
             "weights + blend": _time(blend),
-            "argmax": _time(lambda: probs[1:2].argmax(dim=1))}
+            "argmax": _time(lambda: _class_argmax(probs[1:2], scratch))}
 
 
 def main(argv: list[str] | None = None) -> int:

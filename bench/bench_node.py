@@ -22,8 +22,9 @@ Baseline, in the same run: a minimal relay node (``node_harness.relay``) on the 
 and QoS that decodes each Image in its subscription callback and publishes a mono8 label
 image of the frame's size with the input header: the floor of any Python ROS 2 node doing
 this job. Its end-to-end time is the reference for the overhead (ratio overhead / relay).
-Frames go one at a time (the next after the previous labels arrive), so no frame waits
-behind another.
+Frames go one at a time: the next once the previous frame's labels and its last output
+(``~/confidence``, published after labels, colour and overlay) have arrived, so no frame
+waits behind another. The time to that last output is shown too.
 
 Usage: ``python bench/bench_node.py [--quick] [--device cpu|cuda] [--sizes 480x640 1080x1920]``
 """
@@ -75,12 +76,17 @@ def synthetic_frames(height: int, width: int, count: int, seed: int = 0) -> list
 
 
 def send_sequential(camera: Camera, messages: Sequence[Any], count: int,
-                    timeout: float) -> list[tuple[int, float | None]]:
-    """Send ``count`` frames one at a time, each once the previous labels came back."""
+                    timeout: float, wait_all: bool = False) -> list[tuple[int, float | None]]:
+    """Send ``count`` frames one at a time, each once the previous labels came back; with
+    ``wait_all`` once the previous frame's last output (~/confidence) came back too, so no
+    frame waits while the node still builds the previous frame's other images."""
     sent: list[tuple[int, float | None]] = []
     for i in range(count):
         stamp = camera.send(messages[i % len(messages)])
-        sent.append((stamp, camera.labels.wait(stamp, timeout)))
+        arrival = camera.labels.wait(stamp, timeout)
+        sent.append((stamp, arrival))
+        if wait_all and arrival is not None:
+            camera.last_output.wait(stamp, timeout)
     return sent
 
 
@@ -102,14 +108,14 @@ def summarise(pairs: Sequence[dict[str, float]], sent: int,
 
 
 def measure_sizes(camera: Camera, sizes: Sequence[tuple[int, int]], frames: int, warmup: int,
-                  timeout: float, node: NodeProcess
+                  timeout: float, node: NodeProcess, wait_all: bool = False
                   ) -> dict[tuple[int, int], list[tuple[int, float | None]]]:
     """(stamp, arrival) of ``frames`` measured frames per size, after ``warmup`` others."""
     sent: dict[tuple[int, int], list[tuple[int, float | None]]] = {}
     for h, w in sizes:
         messages = [camera.image(f) for f in synthetic_frames(h, w, 4)]
-        send_sequential(camera, messages, warmup, timeout)      # cache, allocator
-        sent[(h, w)] = send_sequential(camera, messages, frames, timeout)
+        send_sequential(camera, messages, warmup, timeout, wait_all)     # cache, allocator
+        sent[(h, w)] = send_sequential(camera, messages, frames, timeout, wait_all)
         node.check_alive()
     return sent
 
@@ -157,8 +163,10 @@ def run_node_bench(sizes: Sequence[tuple[int, int]], frames: int, warmup: int, *
             start = time.perf_counter()
             wait_active(camera, node, "adapted", startup_timeout)
             startup_s = time.perf_counter() - start
-            sent = measure_sizes(camera, sizes, frames, warmup, timeout, node)
+            sent = measure_sizes(camera, sizes, frames, warmup, timeout, node, wait_all=True)
             status = camera.latest_status()
+            all_out = {size: [camera.last_output.arrivals.get(stamp) for stamp, _ in rows]
+                       for size, rows in sent.items()}
         finally:
             records = node.stop()
             camera.close()
@@ -170,6 +178,9 @@ def run_node_bench(sizes: Sequence[tuple[int, int]], frames: int, warmup: int, *
                         [camera.publish_s[stamp] for stamp, _ in s if stamp in camera.publish_s])
         row["frame"] = [h, w]
         row["lost"] = sum(1 for _, r in s if r is None)
+        done = [1000.0 * (a - stamp / 1e9) for (stamp, _), a in zip(s, all_out[(h, w)])
+                if a is not None]
+        row["all_outputs_ms"] = median(done)
         row["relay_e2e_ms"] = floor.get((h, w))
         row["overhead_over_relay"] = (row["overhead_ms"] / floor[(h, w)]
                                       if floor.get((h, w)) else None)
@@ -182,13 +193,14 @@ def run_node_bench(sizes: Sequence[tuple[int, int]], frames: int, warmup: int, *
 def to_markdown(result: dict[str, Any]) -> str:
     b = result["bench"]
     p = b["params"]
+    shm = ", Fast DDS shared memory only, 32 MiB segment" if result.get("large_shm") else ""
     lines = [machine_line(result["machine"]), f"Command: `{result['command']}` "
              f"({result['date']})", "",
              f"Node overhead over real DDS (ditta_node in its own process, ROS_AUTOMATIC_"
              f"DISCOVERY_RANGE=LOCALHOST), model {p['model.variant']} SegFormer (random "
              f"init), {p['model.num_classes']} classes, D = {p['model.embed_dim']}, phase "
              f"ADAPTED (add-on + fusion), all four image outputs on, input QoS "
-             f"{p['input_reliability']}; frames sent one at a time; medians over "
+             f"{p['input_reliability']}{shm}; frames sent one at a time; medians over "
              f"{b['sizes'][0]['frames_measured'] if b['sizes'] else 0} frames per size. "
              "Baseline: a minimal relay node (decode the Image in the subscription callback, "
              "publish a same-size mono8 label image; no model, no worker thread), same "
@@ -199,6 +211,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         if r["frame"] == [480, 640]:
             goal = "yes" if r["overhead_ms"] < GOAL_MS_640 else "no"
         rows.append([f"{r['frame'][1]} x {r['frame'][0]}", fmt(r["e2e_ms"], 1),
+                     fmt(r.get("all_outputs_ms"), 1),
                      fmt(r["model_ms"], 1), fmt(r["overhead_ms"], 1),
                      fmt(r["overhead_p90_ms"], 1), fmt(r["camera_publish_ms"], 1),
                      fmt(r["before_ms"], 1),
@@ -206,7 +219,8 @@ def to_markdown(result: dict[str, Any]) -> str:
                      fmt(r.get("relay_e2e_ms"), 1), fmt(r.get("overhead_over_relay"), 2),
                      goal or "-"])
     lines.append(markdown_table(
-        ["frame (W x H)", "end-to-end ms", "model ms", "overhead ms", "overhead p90 ms",
+        ["frame (W x H)", "end-to-end ms", "all 4 outputs ms", "model ms", "overhead ms",
+         "overhead p90 ms",
          "camera publish() ms", "of which before push", "of which after push",
          "overhead / model", "relay baseline ms", "overhead / relay",
          "< 10 ms at 640 x 480"], rows))
@@ -246,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {"machine": machine_info(device),
                               "command": command_line("bench/bench_node.py", argv),
                               "date": now_utc()}
+    result["large_shm"] = args.large_shm
     result["bench"] = run_node_bench(
         args.sizes, args.frames, args.warmup, device=args.device, variant=args.variant,
         num_classes=args.num_classes, embed_dim=args.embed_dim,

@@ -256,6 +256,11 @@ class Camera:
         self._status_cond = threading.Condition()
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(Image, "/ditta_node/labels", self._on_labels, reliable)
+        # ~/confidence goes out last of a frame's outputs: its arrival means the node's
+        # worker is free for the next frame.
+        self.last_output = Labels()
+        self.node.create_subscription(Image, "/ditta_node/confidence", self._on_last_output,
+                                      reliable)
         self.node.create_subscription(AdaptationStatus, "/ditta_node/status", self._on_status,
                                       reliable)
         self.executor = SingleThreadedExecutor(context=self.context)
@@ -266,6 +271,10 @@ class Camera:
     def _on_labels(self, msg: Any) -> None:
         received = time.time()
         self.labels.add(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec, received)
+
+    def _on_last_output(self, msg: Any) -> None:
+        received = time.time()
+        self.last_output.add(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec, received)
 
     def _on_status(self, msg: Any) -> None:
         with self._status_cond:

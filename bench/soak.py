@@ -7,7 +7,8 @@ or, with ``--adapt-live``, starting from the warm-up so that one real adaptation
 SAM2 hiera-t teacher) happens during the soak. Frames (640 x 480 by default) are offered at
 a fixed camera rate; every ``--window`` seconds a row is recorded:
 
-elapsed s, node RSS MiB (``/proc``), frames offered and label images received in the window,
+elapsed s, min and max node RSS MiB in the window (``/proc``, sampled each second), frames
+offered and label images received in the window,
 median and max end-to-end latency (input stamp -> labels received) in the window, phase.
 
 Writes ``bench/results/soak.csv``, ``soak.png`` (matplotlib: RSS and latency over time),
@@ -54,35 +55,46 @@ from node_harness import (  # noqa: E402
     write_adaptation_file,
 )
 
-COLUMNS = ("elapsed_s", "rss_mib", "offered", "received", "latency_median_ms",
-           "latency_max_ms", "phase")
+COLUMNS = ("elapsed_s", "rss_min_mib", "rss_max_mib", "offered", "received",
+           "latency_median_ms", "latency_max_ms", "phase")
 
 
 class Recorder:
-    """Turns each tick of the camera loop into one row of the soak record."""
+    """Samples the node's RSS each second and writes one row of the record per window."""
 
-    def __init__(self, camera: Camera, node: NodeProcess) -> None:
-        self.camera, self.node = camera, node
+    def __init__(self, camera: Camera, node: NodeProcess, window_s: float) -> None:
+        self.camera, self.node, self.window_s = camera, node, window_s
         self.rows: list[dict[str, Any]] = []
-        self.stamps: list[int] = []            # filled by the camera loop's result
+        self.samples: list[tuple[float, int]] = []     # (elapsed s, RSS bytes) every second
+        self._window_rss: list[int] = []
+        self._next_row = window_s
         self._last_wall = time.time()
         self._last_count = 0
 
     def tick(self, elapsed: float) -> None:
+        rss = self.node.rss()
+        if rss is not None:
+            self.samples.append((elapsed, rss))
+            self._window_rss.append(rss)
+        if elapsed >= self._next_row:
+            self._row(elapsed)
+            self._next_row += self.window_s
+
+    def _row(self, elapsed: float) -> None:
         wall = time.time()
         arrivals = [(s, r) for s, r in self.camera.labels.since(self._last_wall) if r < wall]
         lat = [1000.0 * (r - s / 1e9) for s, r in arrivals]
-        rss = self.node.rss()
         status = self.camera.latest_status()
         sent = self.camera.sent_count
+        rss = self._window_rss or [0]
         self.rows.append({
             "elapsed_s": round(elapsed, 2),
-            "rss_mib": None if rss is None else round(rss / 2**20, 1),
+            "rss_min_mib": round(min(rss) / 2**20, 1), "rss_max_mib": round(max(rss) / 2**20, 1),
             "offered": sent - self._last_count, "received": len(lat),
             "latency_median_ms": round(median(lat), 1) if lat else None,
             "latency_max_ms": round(max(lat), 1) if lat else None,
             "phase": "" if status is None else status.phase_label})
-        self._last_wall, self._last_count = wall, sent
+        self._last_wall, self._last_count, self._window_rss = wall, sent, []
 
 
 def run_soak(size: tuple[int, int], rate_hz: float, duration_s: float, window_s: float, *,
@@ -113,16 +125,15 @@ def run_soak(size: tuple[int, int], rate_hz: float, duration_s: float, window_s:
             messages = [camera.image(f) for f in synthetic_frames(h, w, 4)]
             if not adapt_live:
                 send_sequential(camera, messages, 2, 120.0)
-            recorder = Recorder(camera, node)
-            sent = offer(camera, messages, rate_hz, duration_s, recorder.tick, window_s)
+            recorder = Recorder(camera, node, window_s)
+            sent = offer(camera, messages, rate_hz, duration_s, recorder.tick, 1.0)
             node.check_alive()
             final = camera.latest_status()
         finally:
             node.stop()
             camera.close()
     rows = recorder.rows
-    samples = [(r["elapsed_s"], int(r["rss_mib"] * 2**20)) for r in rows
-               if r["rss_mib"] is not None]
+    samples = recorder.samples
     latencies = [r["latency_median_ms"] for r in rows if r["latency_median_ms"] is not None]
     summary: dict[str, Any] = {
         "frame": [h, w], "rate_hz": rate_hz, "duration_s": sent["seconds"],
@@ -134,8 +145,9 @@ def run_soak(size: tuple[int, int], rate_hz: float, duration_s: float, window_s:
                                if r["latency_max_ms"] is not None), default=None),
         "final_phase": None if final is None else final.phase_label,
         "adapt_live": adapt_live}
-    summary.update(memory_growth(samples, 0.25))
-    return {"summary": summary, "rows": rows, "params": params}
+    summary.update(memory_growth(samples, 0.25, window_s=max(window_s, 30.0)))
+    return {"summary": summary, "rows": rows, "params": params,
+            "rss_samples": [(round(t, 2), r) for t, r in samples]}
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -153,7 +165,10 @@ def write_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
     t = [r["elapsed_s"] for r in rows]
     fig, (ax_mem, ax_lat) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    ax_mem.plot(t, [r["rss_mib"] for r in rows], color="tab:blue")
+    ax_mem.fill_between(t, [r["rss_min_mib"] for r in rows], [r["rss_max_mib"] for r in rows],
+                        color="tab:blue", alpha=0.3, label="min-max in window")
+    ax_mem.plot(t, [r["rss_max_mib"] for r in rows], color="tab:blue", label="max in window")
+    ax_mem.legend()
     ax_mem.set_ylabel("node RSS (MiB)")
     ax_mem.set_title(title)
     ax_mem.grid(alpha=0.3)
@@ -186,12 +201,12 @@ def to_markdown(result: dict[str, Any]) -> str:
              "Memory growth after the first quarter. Plot: soak.png, record: soak.csv.", ""]
     lines.append(markdown_table(
         ["offered", "labels received", "latency (median of window medians) ms",
-         "p90 of window medians ms", "max ms", "RSS after warm-up MiB", "RSS end MiB",
-         "growth MiB", "slope MiB/min"],
+         "p90 of window medians ms", "max ms", "RSS after warm-up MiB", "RSS max MiB",
+         "RSS peak growth MiB", "slope of 30 s peaks MiB/min"],
         [[s["offered"], s["received"], fmt(s["latency_window_median_ms"], 0),
           fmt(s["latency_window_p90_ms"], 0), fmt(s["latency_max_ms"], 0),
-          fmt(s["rss_after_warmup_mib"], 0), fmt(s["rss_end_mib"], 0),
-          fmt(s["growth_mib"], 1), fmt(s["slope_mib_per_min"], 2)]]))
+          fmt(s["rss_after_warmup_mib"], 0), fmt(s["rss_max_mib"], 0),
+          fmt(s["peak_growth_mib"], 1), fmt(s["slope_mib_per_min"], 2)]]))
     return "\n".join(lines)
 
 

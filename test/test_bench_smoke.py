@@ -50,14 +50,19 @@ def test_rss_of_this_process_is_read_from_proc() -> None:
     assert common.peak_rss_bytes() >= rss
 
 
-def test_memory_growth_of_a_linear_ramp() -> None:
-    # 1 MiB per second for 60 s: the slope is 60 MiB/min, the growth after 25 % is 45 MiB.
+def test_memory_growth_of_a_linear_ramp_and_of_a_flat_sawtooth() -> None:
+    # 1 MiB per second for 60 s: window peaks rise 60 MiB/min; after the first quarter
+    # (t >= 15) the halves peak at 37 and 60 MiB above 100: peak growth 23 MiB.
     samples = [(float(t), (100 + t) * 2**20) for t in range(61)]
     out = bench_load.memory_growth(samples, 0.25)
     assert out["slope_mib_per_min"] == pytest.approx(60.0)
     assert out["growth_mib"] == pytest.approx(45.0)
-    flat = bench_load.memory_growth([(float(t), 200 * 2**20) for t in range(10)], 0.25)
-    assert flat["growth_mib"] == 0.0 and flat["slope_mib_per_min"] == pytest.approx(0.0)
+    assert out["peak_growth_mib"] == pytest.approx(23.0)
+    # Per-frame swings without a leak: 200 / 300 MiB alternating: no growth at all.
+    saw = [(float(t), (200 + 100 * (t % 2)) * 2**20) for t in range(60)]
+    flat = bench_load.memory_growth(saw, 0.25)
+    assert flat["peak_growth_mib"] == 0.0
+    assert flat["slope_mib_per_min"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_pair_records_matches_each_label_with_the_push_that_served_it() -> None:
@@ -121,7 +126,7 @@ def test_load_bench_accounts_for_offered_frames() -> None:
 
 @pytest.mark.slow
 def test_soak_records_rows_and_writes_csv_and_plot(tmp_path: Path) -> None:
-    out = soak.run_soak((48, 64), rate_hz=4.0, duration_s=3.0, window_s=1.0, **TINY_NODE)
+    out = soak.run_soak((48, 64), rate_hz=4.0, duration_s=3.5, window_s=1.0, **TINY_NODE)
     rows = out["rows"]
     assert len(rows) >= 2
     assert set(rows[0]) == set(soak.COLUMNS)

@@ -27,6 +27,7 @@ from ditta_ros.engine.fusion import (
     TIE_WEIGHT,
     FrameWorkspace,
     StreamPredictor,
+    _class_argmax,
     branch_reliability,
     clip_output,
     frame_output,
@@ -278,6 +279,19 @@ def test_frame_output_matches_the_straightforward_pipeline(sizes, near_ties: boo
         r0 = _reference_reliability(torch.softmax(
             to_frame_size(plain.float(), input_hw, frame_hw), dim=1))
         assert (r0 >= 0.8).any() and (r0 < 0.8).any()
+
+
+def test_class_argmax_is_torch_argmax_with_ties_and_nan() -> None:
+    gen = torch.Generator().manual_seed(5)
+    probs = torch.softmax(torch.randn(1, 9, 6, 7, generator=gen), dim=1)
+    probs[0, :, 0, 0] = 0.1                              # all classes tie: class 0
+    probs[0, :, 0, 1] = torch.tensor([0.1, 0.3, 0.0, 0.3, 0.1, 0.0, 0.2, 0.0, 0.0])  # 1 and 3
+    probs[0, :, 0, 2] = torch.tensor([0.0] * 8 + [1.0])  # last class alone
+    probs[0, 4, 0, 3] = float("nan")                     # torch's argmax points at the NaN
+    scratch = torch.full((9 * 6 * 7,), 7.0)              # leftovers must not matter
+    labels = _class_argmax(probs, scratch)
+    assert torch.equal(labels, probs.argmax(dim=1)[0])
+    assert labels[0, :4].tolist() == [0, 1, 8, 4]
 
 
 def test_workspace_is_reused_and_outputs_do_not_alias_it() -> None:
