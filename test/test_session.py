@@ -275,3 +275,19 @@ def test_restart_stream_serves_the_next_frame_without_the_addon_and_keeps_the_ad
     np.testing.assert_array_equal(result.labels, fresh.predict(frames[7])[0])
     # the test can fail: with the previous frame the label map differs
     assert not np.array_equal(cached.predict(frames[7])[0], result.labels)
+
+
+def test_the_iss_predictor_frees_its_frame_buffers_once_the_adapted_model_serves() -> None:
+    config = tiny_config(warmup_frames=3)
+    video = make_video(3)
+    frames = frames_of(video, 6)
+    with Session(tiny_model(config), OracleTeacher([video], 6), config) as session:
+        for f in frames[:3]:
+            session.push(f)
+        assert session._iss.buffer_bytes > 0          # the ISS served the warm-up
+        assert session.wait_for_phase({Phase.ADAPTED}, WAIT)
+        assert session.push(frames[3]).source is Source.ADAPTED
+        assert session._iss.buffer_bytes == 0
+        session.reset()
+        assert session.push(frames[4]).source is Source.ISS
+        assert session._iss.buffer_bytes > 0          # allocated again on demand

@@ -146,6 +146,11 @@ class Session:
                 predictor.prime(prime)
             labels, rel = predictor.predict(frame, with_reliability)
             elapsed = time.perf_counter() - start
+            if source is Source.ADAPTED and self._iss.buffer_bytes:
+                # The ISS predictor's frame-size buffers (~0.4 GB at 480 x 854, 124 classes)
+                # idle while the adapted model serves; freed here, under the push lock that
+                # every use of a predictor holds. They come back if the ISS serves again.
+                self._iss.release_buffers()
         self._flush()
         return Result(labels, rel, phase, source, index, elapsed)
 
