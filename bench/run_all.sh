@@ -5,7 +5,7 @@
 #   bench/run_all.sh [--quick] [--device cpu|cuda|cuda:N] [--threads N] [--skip NAME]...
 #
 #   --quick      the short variant for a loaded CPU: fewer sizes and repeats, 15 s loads,
-#                a 1-minute soak (about 40-60 min on 2 busy cores; the full run takes hours
+#                a 1-minute soak (about 22 min measured on 2 busy cores; the full run takes hours
 #                on a CPU and is meant for a GPU machine)
 #   --device     torch device for every script (default cpu)
 #   --threads N  torch CPU threads per process (default: 1 with --quick, torch's default
