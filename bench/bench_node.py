@@ -244,7 +244,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="seconds to wait for one frame's labels")
     parser.add_argument("--large-shm", action="store_true",
                         help="Fast DDS over shared memory only with a 32 MiB segment "
-                             "(bench/fastdds_large_shm.xml); needed for best-effort raw images "
+                             "(config/fastdds_large_shm.xml); needed for best-effort raw images "
                              "of 640 x 480 and up with Fast DDS's defaults")
     args = parser.parse_args(argv)
     if args.frames is None:

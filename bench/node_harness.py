@@ -43,7 +43,7 @@ from common import ROOT, ros_environment, rss_bytes  # noqa: E402
 ros_environment()
 
 RECORD_ROWS = 20000          # ring buffer rows in the node process (about 0.8 MB, preallocated)
-LARGE_SHM_PROFILE = Path(__file__).resolve().parent / "fastdds_large_shm.xml"
+LARGE_SHM_PROFILE = Path(__file__).resolve().parent.parent / "config" / "fastdds_large_shm.xml"
 
 
 def use_large_shm() -> None:
