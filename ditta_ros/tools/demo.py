@@ -238,9 +238,11 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         _wait_for_last(node, recorder, sent, timeout=15.0)
         counts = node.status_message()
     finally:
-        node.trigger_shutdown()
+        # Stop spinning before the shutdown transition destroys the node's timers and
+        # publishers: destroying them under a spinning executor raises in its thread.
         executor.shutdown(timeout_sec=5.0)
         spinner.join(timeout=5.0)
+        node.trigger_shutdown()
         node.destroy_node()
         camera.destroy_node()
         rclpy.try_shutdown(context=context)
