@@ -152,8 +152,10 @@ class DittaNode(LifecycleNode):
             msg_type, topic, self._on_image, input_qos(node_cfg),
             callback_group=self._input_group,
             event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
-        self._set_lifecycle("active")
+        # Log first: ~/status saying "active" is what a supervisor waits for, and the log
+        # line must already be out when it acts (e.g. stops the node right away).
         self.get_logger().info(f"active: listening on {self._subscription.topic_name}")
+        self._set_lifecycle("active")
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
