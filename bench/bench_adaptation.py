@@ -57,7 +57,7 @@ from ditta_ros.config import AdaptationConfig, DittaConfig, ModelConfig, Teacher
 from ditta_ros.engine.adapt import adapt  # noqa: E402
 from ditta_ros.engine.checkpoints import build_model  # noqa: E402
 from ditta_ros.engine.reliability import iss_labels  # noqa: E402
-from ditta_ros.engine.teacher import build_sam2_teacher  # noqa: E402
+from ditta_ros.engine.sam2_teacher import build_sam2_teacher  # noqa: E402
 from ditta_ros.synthetic import SyntheticVideo  # noqa: E402
 
 STAGES = ("A", "B", "C")

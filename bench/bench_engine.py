@@ -238,7 +238,7 @@ def bench_addon_memory(args: argparse.Namespace, device: torch.device) -> list[d
 
 
 def bench_adaptation(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    from ditta_ros.engine.teacher import build_sam2_teacher
+    from ditta_ros.engine.sam2_teacher import build_sam2_teacher
 
     height, width = args.adapt_frame_size
     config = DittaConfig(

@@ -2,7 +2,7 @@
 
 Each section is a frozen dataclass. A field's metadata carries its description and its
 valid range or choices; :func:`validate` checks a whole config once, when it is built, and
-raises :class:`~ditta_ros.engine.errors.ConfigError` naming the field. The ROS parameters
+raises :class:`~ditta_ros.errors.ConfigError` naming the field. The ROS parameters
 (``ditta_ros.ros.parameters``), ``config/ditta.yaml`` and the README's parameter table are
 all derived from these dataclasses, so they cannot disagree.
 
@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ditta_ros.engine.errors import ConfigError
+from ditta_ros.errors import ConfigError
 
 
 def setting(

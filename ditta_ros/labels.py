@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ditta_ros.engine.errors import ConfigError
+from ditta_ros.errors import ConfigError
 
 _VSPW_NAMES = """
 wall ceiling door stair ladder escalator Playground_slide handrail_or_fence window rail

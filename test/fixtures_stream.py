@@ -12,9 +12,9 @@ import torch
 
 from ditta_ros.config import AdaptationConfig, DittaConfig, ModelConfig
 from ditta_ros.engine.checkpoints import build_model
-from ditta_ros.engine.errors import CancelledError
 from ditta_ros.engine.model import DittaModel
 from ditta_ros.engine.types import Targets
+from ditta_ros.errors import CancelledError
 from ditta_ros.synthetic import SyntheticVideo
 
 HEIGHT, WIDTH = 64, 96

@@ -27,8 +27,8 @@ from ditta_ros.engine.checkpoints import (
     save_adaptation,
     save_model,
 )
-from ditta_ros.engine.errors import CheckpointError
 from ditta_ros.engine.model import SegformerISS, model_identity, segformer_config
+from ditta_ros.errors import CheckpointError
 from ditta_ros.tools.convert_checkpoint import main as convert_main
 
 CLASSES = ["sky", "road", "car", "tree", "person"]

@@ -327,7 +327,7 @@ def test_fuzzed_messages_are_all_accounted_for(transport: str, count: int, seed:
 # --- the header checks behind the fuzz results, without DDS ---------------------------------
 
 def test_compressed_headers_are_checked_before_decoding() -> None:
-    from ditta_ros.engine.errors import InputError
+    from ditta_ros.errors import InputError
     from ditta_ros.ros.image import compressed_to_frame
 
     def decode(data: bytes, fmt: str = "jpeg") -> Any:

@@ -14,7 +14,7 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from ditta_ros.engine.errors import InputError
+from ditta_ros.errors import InputError
 from ditta_ros.ros import image as im
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ditta_ros.engine.errors import ConfigError
+from ditta_ros.errors import ConfigError
 from ditta_ros.labels import ClassSet, colorize, generate_palette, load_classes
 
 

@@ -82,36 +82,38 @@ class GroundTruthPropagator:
 
     def __init__(self, ground_truth: np.ndarray) -> None:
         self.gt = ground_truth                      # (W_n, H, W) int64
-        self.tracks: dict[int, int] = {}            # object id -> class; insertion = order
 
-    def start(self, frames: Sequence[np.ndarray]) -> None:
+    def start(self, frames: Sequence[np.ndarray]) -> dict[int, int]:
+        """The clip handle: object id -> class, in insertion (= tracker) order."""
         if len(frames) != len(self.gt):
             raise ValueError("the oracle knows the ground truth of the warm-up frames only")
-        self.tracks = {}
+        return {}
 
-    def reset(self) -> None:
-        self.tracks = {}
+    def reset(self, tracks: dict[int, int]) -> None:
+        tracks.clear()
 
-    def release(self) -> None:
-        self.tracks = {}
+    def release(self, tracks: dict[int, int]) -> None:
+        tracks.clear()
 
-    def _masks(self, frame: int) -> ObjectMasks:
-        ids = tuple(self.tracks)
-        masks = np.stack([self.gt[frame] == self.tracks[i] for i in ids]) if ids else \
+    def _masks(self, tracks: dict[int, int], frame: int) -> ObjectMasks:
+        ids = tuple(tracks)
+        masks = np.stack([self.gt[frame] == tracks[i] for i in ids]) if ids else \
             np.zeros((0,) + self.gt.shape[1:], bool)
         return ObjectMasks(ids, masks)
 
-    def add_point(self, frame: int, object_id: int, row: int, col: int) -> ObjectMasks:
-        self.tracks[object_id] = int(self.gt[frame, row, col])
-        return self._masks(frame)
+    def add_point(self, tracks: dict[int, int], frame: int, object_id: int, row: int,
+                  col: int) -> ObjectMasks:
+        tracks[object_id] = int(self.gt[frame, row, col])
+        return self._masks(tracks, frame)
 
-    def add_mask(self, frame: int, object_id: int, mask: np.ndarray) -> ObjectMasks:
+    def add_mask(self, tracks: dict[int, int], frame: int, object_id: int,
+                 mask: np.ndarray) -> ObjectMasks:
         under = self.gt[frame][mask]
-        self.tracks[object_id] = int(np.bincount(under).argmax()) if under.size else -1
-        return self._masks(frame)
+        tracks[object_id] = int(np.bincount(under).argmax()) if under.size else -1
+        return self._masks(tracks, frame)
 
-    def propagate(self, frame: int, reverse: bool) -> ObjectMasks:
-        return self._masks(frame - 1 if reverse else frame + 1)
+    def propagate(self, tracks: dict[int, int], frame: int, reverse: bool) -> ObjectMasks:
+        return self._masks(tracks, frame - 1 if reverse else frame + 1)
 
 
 def _evaluate(model: DittaModel, frames: np.ndarray, gt: np.ndarray,

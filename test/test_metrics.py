@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from ditta_ros.engine.errors import InputError
 from ditta_ros.engine.metrics import ConfusionMatrix, VideoConsistency, vspw_ground_truth
+from ditta_ros.errors import InputError
 
 # ---- ground truth ----
 

@@ -12,7 +12,7 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.node import Node
 
 from ditta_ros.config import DittaConfig, NodeConfig, settings_of
-from ditta_ros.engine.errors import ConfigError
+from ditta_ros.errors import ConfigError
 from ditta_ros.ros import parameters as params
 
 ROOT = Path(__file__).resolve().parents[1]

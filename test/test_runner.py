@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from fixtures_stream import OracleTeacher, frames_of, make_video, tiny_config, tiny_model
 
-from ditta_ros.engine.errors import ConfigError, InputError
 from ditta_ros.engine.fusion import predict_clip
 from ditta_ros.engine.reliability import iss_labels
 from ditta_ros.engine.runner import run_w2f, warmup_length
 from ditta_ros.engine.types import Source, StepLosses
+from ditta_ros.errors import ConfigError, InputError
 
 
 @pytest.mark.parametrize(("frames", "ratio", "expected"), [

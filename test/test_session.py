@@ -20,10 +20,10 @@ from fixtures_stream import (
 )
 
 from ditta_ros.engine.checkpoints import load_adaptation
-from ditta_ros.engine.errors import AdaptationError, CheckpointError, DittaError, InputError
 from ditta_ros.engine.fusion import StreamPredictor
 from ditta_ros.engine.session import Session
 from ditta_ros.engine.types import Phase, Result, SessionStatus, Source
+from ditta_ros.errors import AdaptationError, CheckpointError, DittaError, InputError
 
 WAIT = 60.0     # generous: the CI machine may be busy; a pass never waits this long
 DONE = {Phase.ADAPTED, Phase.FAILED}

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
 from fixtures_teacher import OraclePropagator
 
 from ditta_ros.config import TeacherConfig
-from ditta_ros.engine.errors import CancelledError, InputError
 from ditta_ros.engine.teacher import (
     ObjectMasks,
     PromptPoint,
@@ -21,6 +21,7 @@ from ditta_ros.engine.teacher import (
     vote,
 )
 from ditta_ros.engine.types import Prompt
+from ditta_ros.errors import CancelledError, InputError
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,10 +325,10 @@ def test_cancel_raises_between_frames_and_releases() -> None:
     cancel = threading.Event()
 
     class CancelOnSecondPropagate(OraclePropagator):
-        def propagate(self, frame: int, reverse: bool) -> ObjectMasks:
+        def propagate(self, clip: Any, frame: int, reverse: bool) -> ObjectMasks:
             if frame == 1:
                 cancel.set()
-            return super().propagate(frame, reverse)
+            return super().propagate(clip, frame, reverse)
 
     oracle = CancelOnSecondPropagate(inst)
     teacher = PropagationTeacher(oracle, TeacherConfig(), num_classes=5)

@@ -13,15 +13,17 @@ import torch
 from fixtures_teacher import RecordingPropagator
 
 from ditta_ros.config import TeacherConfig
-from ditta_ros.engine.errors import CheckpointError, ConfigError
-from ditta_ros.engine.sam2_teacher import SAM2Propagator, build_sam2_predictor, sam2_input
-from ditta_ros.engine.teacher import (
+from ditta_ros.engine.sam2_teacher import (
+    SAM2Propagator,
     SAM2Teacher,
+    build_sam2_predictor,
     build_sam2_teacher,
-    explained_region,
-    select_prompts,
+    matching_checkpoint,
+    sam2_input,
 )
+from ditta_ros.engine.teacher import explained_region, select_prompts
 from ditta_ros.engine.types import Prompt
+from ditta_ros.errors import AdaptationError, CheckpointError, ConfigError
 from ditta_ros.synthetic import SyntheticVideo
 
 pytestmark = pytest.mark.filterwarnings(
@@ -169,6 +171,18 @@ def test_missing_checkpoint_is_a_checkpoint_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist") as info:
         build_sam2_teacher(_config(sam2_checkpoint=str(missing)), "cpu")
     assert str(missing) in str(info.value) and "teacher.sam2_checkpoint" in str(info.value)
+    assert "sam2.1_hiera_tiny.pt" in str(info.value)       # the one matching the config
+
+
+@pytest.mark.parametrize(("config", "checkpoint"), [
+    ("configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt"),
+    ("configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt"),
+    ("configs/sam2/sam2_hiera_b+.yaml", "sam2_hiera_base_plus.pt"),
+    ("configs/sam2/sam2_hiera_l.yaml", "sam2_hiera_large.pt"),
+])
+def test_missing_checkpoint_message_names_the_matching_checkpoint(config: str,
+                                                                  checkpoint: str) -> None:
+    assert matching_checkpoint(config) == checkpoint
 
 
 @pytest.mark.slow
@@ -194,10 +208,10 @@ def test_recorded_masks_equal_sams_first_propagation_output(
     the same masks again as its first output."""
     frames = clip[0][:2]
     prop = SAM2Propagator(run["predictor"])
-    prop.start(frames)
+    clip = prop.start(frames)
     try:
-        on_0 = prop.add_point(0, 1, *P0)
-        state = prop._need_state()
+        on_0 = prop.add_point(clip, 0, 1, *P0)
+        state = clip.state()
         with torch.inference_mode():
             outs = [(i, (m > 0).squeeze(1).numpy()) for i, _, m in
                     run["predictor"].propagate_in_video(state, start_frame_idx=0,
@@ -210,9 +224,17 @@ def test_recorded_masks_equal_sams_first_propagation_output(
         assert [i for i, _ in again] == [1]
         np.testing.assert_array_equal(again[0][1], outs[1][1])
         # Re-adding an object whose current mask is empty is allowed (never dropped).
-        prop.reset()
-        prop.add_point(1, 1, *P0)
-        out = prop.add_mask(1, 2, np.zeros((64, 96), dtype=bool))
+        prop.reset(clip)
+        prop.add_point(clip, 1, 1, *P0)
+        out = prop.add_mask(clip, 1, 2, np.zeros((64, 96), dtype=bool))
         assert out.ids == (1, 2) and out.masks.shape == (2, 64, 96)
     finally:
-        prop.release()
+        prop.release(clip)
+    # A released handle fails loudly; a second clip is independent of the first.
+    with pytest.raises(AdaptationError, match="after release"):
+        prop.add_point(clip, 0, 1, *P0)
+    first, second = prop.start(frames), prop.start(frames)
+    prop.add_point(first, 0, 1, *P0)
+    prop.release(first)                        # a stale run's clean-up ...
+    assert prop.add_point(second, 0, 7, *P0).ids == (7,)   # ... leaves the other clip alone
+    prop.release(second)

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ditta_ros.config import DittaConfig
 from ditta_ros.engine.adapt import distillation_labels
-from ditta_ros.engine.errors import InputError
 from ditta_ros.engine.reliability import iss_labels
 from ditta_ros.engine.teacher import (
     MaskPropagator,
@@ -35,6 +34,7 @@ from ditta_ros.engine.teacher import (
     select_prompts,
     vote,
 )
+from ditta_ros.errors import InputError
 
 if TYPE_CHECKING:
     from ditta_ros.engine.model import DittaModel
@@ -96,7 +96,7 @@ class Sam2Refine(Iterator[RefinedFrame]):
     """The baseline on one video; all SAM2 work is done on construction, then frames
     W_n..T-1 are rendered one at a time while iterating."""
 
-    def __init__(self, model: DittaModel, propagator: MaskPropagator,
+    def __init__(self, model: DittaModel, propagator: MaskPropagator[Any],
                  frames: Sequence[np.ndarray], config: DittaConfig, warmup: int,
                  device: torch.device | str | None = None,
                  progress: ProgressCallback | None = None) -> None:
@@ -149,7 +149,7 @@ class Sam2Refine(Iterator[RefinedFrame]):
                 self._progress("A", t + 1, len(frames))
         return labels, rel
 
-    def _propagate(self, propagator: MaskPropagator, frames: Sequence[np.ndarray],
+    def _propagate(self, propagator: MaskPropagator[Any], frames: Sequence[np.ndarray],
                    config: DittaConfig, num_classes: int) -> list[int]:
         """Prompt frame 0's reliable classes and track them through the video; the ids."""
         cfg = config.teacher
@@ -161,18 +161,18 @@ class Sam2Refine(Iterator[RefinedFrame]):
             self.summary.reason = ("no class of frame 0 reaches the reliability threshold "
                                    f"{cfg.reliability_threshold}: ISS labels unchanged")
             return []
-        propagator.start([frames[t] for t in range(num_frames)])
+        clip = propagator.start([frames[t] for t in range(num_frames)])
         try:
             current = ObjectMasks.empty(height, width)
             for k, point in enumerate(chosen.points):
-                current = propagator.add_point(0, k + 1, point.row, point.col)
+                current = propagator.add_point(clip, 0, k + 1, point.row, point.col)
             self._masks.append(current)
             for t in range(num_frames - 1):
-                self._masks.append(propagator.propagate(t, reverse=False))
+                self._masks.append(propagator.propagate(clip, t, reverse=False))
                 if self._progress is not None:
                     self._progress("SAM2", t + 2, num_frames)
         finally:
-            propagator.release()
+            propagator.release(clip)
         self.summary.num_objects = len(chosen.points)
         return list(range(1, len(chosen.points) + 1))
 
@@ -195,7 +195,7 @@ class Sam2Refine(Iterator[RefinedFrame]):
         return RefinedFrame(t, labels, self._share + render_s)
 
 
-def sam2_refine(model: DittaModel, propagator: MaskPropagator, frames: Sequence[np.ndarray],
+def sam2_refine(model: DittaModel, propagator: MaskPropagator[Any], frames: Sequence[np.ndarray],
                 config: DittaConfig, warmup: int, device: torch.device | str | None = None,
                 progress: ProgressCallback | None = None) -> Sam2Refine:
     """The ``sam2-refine`` baseline on one video: an iterator over frames W_n..T-1."""

@@ -25,7 +25,6 @@ import torch
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
 from ditta_ros.config import ModelConfig
-from ditta_ros.engine.errors import CheckpointError
 from ditta_ros.engine.mmseg import (
     check_shapes,
     default_heads,
@@ -42,6 +41,7 @@ from ditta_ros.engine.model import (
     make_segformer_config,
     segformer_config,
 )
+from ditta_ros.errors import CheckpointError
 
 MODEL_FORMAT = "ditta_ros.model"
 MODEL_VERSION = 1

@@ -1,29 +1,15 @@
-"""The engine's exceptions: one small hierarchy, each message says what, where and what to do.
+"""Compatibility alias: the exceptions live in :mod:`ditta_ros.errors` (a leaf module that
+``config.py`` and ``labels.py`` import without loading the engine package). Import from
+there; this module re-exports the same classes, so ``except`` clauses match either way."""
 
-The node turns them into failed transitions or counted rejections; console scripts turn them
-into one line on stderr and exit code 2.
-"""
+from ditta_ros.errors import (
+    AdaptationError,
+    CancelledError,
+    CheckpointError,
+    ConfigError,
+    DittaError,
+    InputError,
+)
 
-
-class DittaError(Exception):
-    """Base of every error ditta_ros raises on purpose."""
-
-
-class ConfigError(DittaError, ValueError):
-    """A setting has an invalid value or combination."""
-
-
-class CheckpointError(DittaError):
-    """A checkpoint or adaptation file is missing, unreadable or does not fit the model."""
-
-
-class InputError(DittaError, ValueError):
-    """A frame cannot be processed (shape, dtype, size)."""
-
-
-class AdaptationError(DittaError):
-    """Adaptation could not produce an adapted model (e.g. no SAM2 object at all)."""
-
-
-class CancelledError(DittaError):
-    """Adaptation was cancelled cooperatively."""
+__all__ = ["AdaptationError", "CancelledError", "CheckpointError", "ConfigError", "DittaError",
+           "InputError"]

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ditta_ros.engine.errors import InputError
+from ditta_ros.errors import InputError
 
 IGNORE = 255
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from ditta_ros.engine.errors import CheckpointError
 from ditta_ros.engine.model import MIT_VARIANTS
+from ditta_ros.errors import CheckpointError
 
 _BLOCK_PARTS = {
     "norm1": "layernorm_before",

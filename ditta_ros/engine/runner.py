@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from ditta_ros.config import DittaConfig
-from ditta_ros.engine.adapt import adapt
-from ditta_ros.engine.errors import AdaptationError, ConfigError, InputError
 from ditta_ros.engine.fusion import StreamPredictor
-from ditta_ros.engine.reliability import iss_labels
 from ditta_ros.engine.types import Source, StepCallback, StepLosses, Teacher
+from ditta_ros.engine.warmup import StageStart, WarmupOutcome, run_warmup
+from ditta_ros.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from ditta_ros.engine.model import DittaModel
@@ -75,8 +74,10 @@ class W2FRun(Iterator[W2FFrame]):
 
     def __init__(self, predictor: StreamPredictor, frames: Sequence[np.ndarray],
                  summary: W2FSummary, source: Source,
-                 progress: ProgressCallback | None) -> None:
+                 progress: ProgressCallback | None,
+                 outcome: WarmupOutcome | None = None) -> None:
         self.summary = summary
+        self.outcome = outcome               # stages A-C, each stage's results (None: ISS only)
         self._predictor = predictor
         self._frames = frames
         self._source = source
@@ -125,6 +126,7 @@ def run_w2f(model: DittaModel, teacher: Teacher | None, frames: Sequence[np.ndar
     the evaluation baseline, the frozen ISS model frame by frame on the same frames (no
     teacher needed). When stage B finds no object at all, nothing is adapted and the ISS
     model serves without fusion; ``summary.reason`` says so (the reference crashes there).
+    Stages A-C run in :func:`~ditta_ros.engine.warmup.run_warmup`, as in the live session.
     """
     num_frames = len(frames)
     w_n = warmup_length(num_frames, config.adaptation.warmup_ratio) if warmup is None \
@@ -141,21 +143,12 @@ def run_w2f(model: DittaModel, teacher: Teacher | None, frames: Sequence[np.ndar
     if teacher is None:
         raise ConfigError("run_w2f needs a teacher unless iss_only is set")
     warm = [frames[t] for t in range(w_n)]
-    start = time.perf_counter()
-    labels, rel = iss_labels(model, warm, config.model, device)
-    summary.stage_seconds["A"] = time.perf_counter() - start
-    if progress is not None:
-        progress("A", w_n, w_n)
-    start = time.perf_counter()
-    targets = teacher.targets(warm, labels, rel)
-    summary.stage_seconds["B"] = time.perf_counter() - start
-    summary.num_objects = targets.num_objects
-    if progress is not None:
-        progress("B", 1, 1)
-    if targets.num_objects == 0:
-        summary.reason = ("no object: no pixel of any warm-up frame passed the teacher's "
-                          "thresholds; serving the ISS model without fusion")
-        return _iss_run(model, frames, config, summary, device, progress)
+
+    def stage_started(event: StageStart) -> None:
+        if progress is not None and event.stage == "B":
+            progress("A", w_n, w_n)
+        elif progress is not None and event.stage == "C":
+            progress("B", 1, 1)
 
     def step_callback(losses: StepLosses) -> None:
         if on_step is not None:
@@ -163,30 +156,30 @@ def run_w2f(model: DittaModel, teacher: Teacher | None, frames: Sequence[np.ndar
         if progress is not None:
             progress("C", losses.step + 1, losses.total_steps)
 
-    start = time.perf_counter()
-    try:
-        adapted = adapt(model, warm, labels, targets, config.model, config.adaptation, device,
-                        on_step=step_callback)
-    except AdaptationError as exc:
-        summary.stage_seconds["C"] = time.perf_counter() - start
-        summary.reason = f"not adapted: {exc}"
-        return _iss_run(model, frames, config, summary, device, progress)
-    summary.stage_seconds["C"] = time.perf_counter() - start
+    outcome = run_warmup(model, teacher, warm, config, on_stage=stage_started,
+                         on_step=step_callback)
+    summary.stage_seconds.update(outcome.stage_seconds)
+    summary.num_objects = outcome.num_objects
+    if outcome.model is None:
+        if progress is not None:
+            progress("B", 1, 1)
+        summary.reason = f"not adapted: {outcome.reason}; serving the ISS model without fusion"
+        return _iss_run(model, frames, config, summary, device, progress, outcome)
     summary.adapted = summary.fused = True
     # W_n = 1: only frame-0 steps ran, so MLP_q/MLP_k are untrained; the reference still
     # fuses the add-on in stage D and so do we, offline, to reproduce its numbers. (A live
     # Session needs at least 2 warm-up frames: AdaptationConfig.warmup_frames >= 2.)
-    summary.reason = (f"adapted on {w_n} warm-up frames with {targets.num_objects} objects"
-                      + ("; W_n = 1: the add-on is untrained but fused (reference)"
-                         if w_n == 1 else ""))
-    predictor = StreamPredictor(adapted, config.model, config.fusion, device, use_addon=True)
+    summary.reason = (outcome.reason + ("; W_n = 1: the add-on is untrained but fused "
+                                        "(reference)" if w_n == 1 else ""))
+    predictor = StreamPredictor(outcome.model, config.model, config.fusion, device,
+                                use_addon=True)
     predictor.prime(warm[-1])               # frame W_n - 1, encoded by the adapted model
-    del warm, labels, rel, targets
-    return W2FRun(predictor, frames, summary, Source.ADAPTED, progress)
+    return W2FRun(predictor, frames, summary, Source.ADAPTED, progress, outcome)
 
 
 def _iss_run(model: DittaModel, frames: Sequence[np.ndarray], config: DittaConfig,
              summary: W2FSummary, device: torch.device,
-             progress: ProgressCallback | None) -> W2FRun:
+             progress: ProgressCallback | None,
+             outcome: WarmupOutcome | None = None) -> W2FRun:
     predictor = StreamPredictor(model, config.model, config.fusion, device, use_addon=False)
-    return W2FRun(predictor, frames, summary, Source.ISS, progress)
+    return W2FRun(predictor, frames, summary, Source.ISS, progress, outcome)

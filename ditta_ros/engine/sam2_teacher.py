@@ -1,4 +1,8 @@
-"""SAM2's video predictor as a :class:`~ditta_ros.engine.teacher.MaskPropagator`.
+"""Stage B with SAM2: the video predictor as a :class:`~ditta_ros.engine.types.MaskPropagator`,
+and :class:`SAM2Teacher` / :func:`build_sam2_teacher` on top of it.
+
+This module imports :mod:`ditta_ros.engine.teacher` (the algorithm); the reverse never
+happens, so importing the algorithm never loads sam2 or hydra.
 
 Everything goes through the predictor's public calls (``init_state``, ``reset_state``,
 ``add_new_points_or_box``, ``add_new_mask``, ``propagate_in_video``), with two small,
@@ -14,13 +18,20 @@ documented adaptations of how the clip reaches it:
   whose cache entry accumulates instead of being replaced, so each frame's image encoder
   runs exactly once per clip. Cost: one frame's features per warm-up frame, dropped in
   :meth:`SAM2Propagator.release`.
+
+Each clip is a :class:`SAM2Clip` handle returned by :meth:`SAM2Propagator.start` (as the
+predictor itself returns an inference state): the propagator holds no clip of its own, so a
+cancelled adaptation that is still unwinding can never release or reset a newer one's clip.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
+import logging
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,13 +41,19 @@ import torch
 from PIL import Image
 
 from ditta_ros.config import TeacherConfig
-from ditta_ros.engine.errors import AdaptationError, CheckpointError, ConfigError, InputError
-from ditta_ros.engine.teacher import ObjectMasks
+from ditta_ros.engine.teacher import PropagationTeacher
+from ditta_ros.engine.types import ObjectMasks
+from ditta_ros.errors import AdaptationError, CheckpointError, ConfigError, InputError
 
 SAM2_MEAN = (0.485, 0.456, 0.406)
 SAM2_STD = (0.229, 0.224, 0.225)
 
 _LOADER_LOCK = threading.Lock()
+logger = logging.getLogger(__name__)
+
+# teacher.sam2_config file name -> the official checkpoint trained for it
+_CHECKPOINTS = {"hiera_t": "hiera_tiny", "hiera_s": "hiera_small", "hiera_b+": "hiera_base_plus",
+                "hiera_l": "hiera_large"}
 
 
 def sam2_input(frame_bgr: np.ndarray, image_size: int) -> np.ndarray:
@@ -116,8 +133,27 @@ def _silence_progress_bars() -> None:
         video_module.tqdm = silent
 
 
+class SAM2Clip:
+    """Handle of one clip loaded into a :class:`SAM2Propagator` (see the module doc)."""
+
+    def __init__(self, state: _ClipState) -> None:
+        self._state: _ClipState | None = state
+
+    @property
+    def released(self) -> bool:
+        return self._state is None
+
+    def state(self) -> _ClipState:
+        if self._state is None:
+            raise AdaptationError("SAM2 clip used after release(clip): start a new clip")
+        return self._state
+
+    def drop(self) -> None:
+        self._state = None
+
+
 class SAM2Propagator:
-    """:class:`MaskPropagator` on a ``SAM2VideoPredictor``.
+    """:class:`~ditta_ros.engine.types.MaskPropagator` on a ``SAM2VideoPredictor``.
 
     Runs under ``torch.inference_mode``; bfloat16 autocast on CUDA, float32 elsewhere.
     Point prompts are (col, row) in original-frame pixels, label 1, with SAM2's coordinate
@@ -131,12 +167,10 @@ class SAM2Propagator:
                               f"was asked to run on {device}; build it on that device")
         self.predictor = predictor
         self.device = model_device
-        self._state: _ClipState | None = None
         _silence_progress_bars()
 
     # -- MaskPropagator ------------------------------------------------------------------
-    def start(self, frames: Sequence[np.ndarray]) -> None:
-        self.release()
+    def start(self, frames: Sequence[np.ndarray]) -> SAM2Clip:
         if not frames:
             raise InputError("SAM2 needs at least one warm-up frame")
         height, width = frames[0].shape[:2]
@@ -145,36 +179,38 @@ class SAM2Propagator:
         clip = _InMemoryClip(torch.from_numpy(batch).to(self.device), height, width)
         with self._context(), _in_memory_loader(clip):
             state = self.predictor.init_state(clip)
-        self._state = _ClipState(state)
+        return SAM2Clip(_ClipState(state))
 
-    def reset(self) -> None:
+    def reset(self, clip: SAM2Clip) -> None:
         with self._context():
-            self.predictor.reset_state(self._need_state())
+            self.predictor.reset_state(clip.state())
 
-    def add_point(self, frame: int, object_id: int, row: int, col: int) -> ObjectMasks:
+    def add_point(self, clip: SAM2Clip, frame: int, object_id: int, row: int,
+                  col: int) -> ObjectMasks:
         points = torch.tensor([[float(col), float(row)]], dtype=torch.float32)  # (1, 2) x, y
         labels = torch.tensor([1], dtype=torch.int32)
         with self._context():
             _, ids, logits = self.predictor.add_new_points_or_box(
-                self._need_state(), frame_idx=frame, obj_id=object_id, points=points,
+                clip.state(), frame_idx=frame, obj_id=object_id, points=points,
                 labels=labels, clear_old_points=True, normalize_coords=True)
         return _to_masks(ids, logits)
 
-    def add_mask(self, frame: int, object_id: int, mask: np.ndarray) -> ObjectMasks:
+    def add_mask(self, clip: SAM2Clip, frame: int, object_id: int,
+                 mask: np.ndarray) -> ObjectMasks:
         with self._context():
             _, ids, logits = self.predictor.add_new_mask(
-                self._need_state(), frame_idx=frame, obj_id=object_id,
+                clip.state(), frame_idx=frame, obj_id=object_id,
                 mask=torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)))
         return _to_masks(ids, logits)
 
-    def propagate(self, frame: int, reverse: bool) -> ObjectMasks:
+    def propagate(self, clip: SAM2Clip, frame: int, reverse: bool) -> ObjectMasks:
         target = frame - 1 if reverse else frame + 1
         found: ObjectMasks | None = None
         with self._context():
             # SAM2's own propagation, one frame at a time: the first output is ``frame``
             # again, the second is the next frame.
             for index, ids, logits in self.predictor.propagate_in_video(
-                    self._need_state(), start_frame_idx=frame, max_frame_num_to_track=1,
+                    clip.state(), start_frame_idx=frame, max_frame_num_to_track=1,
                     reverse=reverse):
                 if index == target:
                     found = _to_masks(ids, logits)
@@ -182,20 +218,10 @@ class SAM2Propagator:
             raise AdaptationError(f"SAM2 did not propagate from frame {frame} to {target}")
         return found
 
-    def release(self) -> None:
-        self._state = None
+    def release(self, clip: SAM2Clip) -> None:
+        clip.drop()
 
     # -- helpers -------------------------------------------------------------------------
-    def cached_frames(self) -> list[int]:
-        """Frames whose image features are cached for the current clip."""
-        state = self._need_state()
-        return sorted(state.get("cached_features", {}))
-
-    def _need_state(self) -> _ClipState:
-        if self._state is None:
-            raise AdaptationError("SAM2 propagator used before start(frames)")
-        return self._state
-
     @contextlib.contextmanager
     def _context(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
@@ -203,6 +229,29 @@ class SAM2Propagator:
             if self.device.type == "cuda":
                 stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
             yield
+
+
+class SAM2Teacher(PropagationTeacher):
+    """Stage B with SAM2's video predictor as the propagator (the paper's teacher).
+
+    predictor: a ``sam2.sam2_video_predictor.SAM2VideoPredictor`` (see
+    :func:`build_sam2_teacher`); device: where SAM2 runs, None: the predictor's device.
+    """
+
+    def __init__(self, predictor: object, config: TeacherConfig,
+                 device: torch.device | str | None = None,
+                 num_classes: int | None = None) -> None:
+        super().__init__(SAM2Propagator(predictor, device), config, num_classes)
+
+
+def build_sam2_teacher(config: TeacherConfig, device: torch.device | str | None = None,
+                       num_classes: int | None = None) -> SAM2Teacher:
+    """SAM2 teacher from ``config``: local checkpoint, or seeded random weights when
+    ``config.sam2_checkpoint`` is empty. Never downloads; raises CheckpointError naming the
+    path and the fix. ``config.device`` wins over ``device`` when set."""
+    where = teacher_device(config, device)
+    predictor = build_sam2_predictor(config, where)
+    return SAM2Teacher(predictor, config, where, num_classes)
 
 
 def _to_masks(ids: Sequence[int], logits: torch.Tensor) -> ObjectMasks:
@@ -244,10 +293,12 @@ def build_sam2_predictor(config: TeacherConfig, device: torch.device | str) -> A
         if not path.is_file():
             raise CheckpointError(
                 f"SAM2 checkpoint {path} does not exist. Download the checkpoint that matches "
-                f"teacher.sam2_config ({config.sam2_config}, e.g. sam2_hiera_large.pt) on a "
-                f"machine with internet access, copy it here and set teacher.sam2_checkpoint "
-                f"to its path (empty = random weights, tests only).")
+                f"teacher.sam2_config {config.sam2_config!r} "
+                f"({matching_checkpoint(config.sam2_config)}) on a machine with internet "
+                f"access, copy it here and set teacher.sam2_checkpoint to its path (empty = "
+                f"random weights, tests only).")
         checkpoint = str(path)
+    _quiet_missing_extension()
     overrides = [f"++model.image_size={config.image_size}"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -268,3 +319,29 @@ def build_sam2_predictor(config: TeacherConfig, device: torch.device | str) -> A
                 f"a complete SAM2 checkpoint for that config (a dict with a 'model' state "
                 f"dict) or pick the matching teacher.sam2_config.") from exc
     return predictor
+
+
+def matching_checkpoint(sam2_config: str) -> str:
+    """The official checkpoint file for a SAM2 config name, e.g. 'configs/sam2.1/
+    sam2.1_hiera_s.yaml' -> 'sam2.1_hiera_small.pt'; a hint for unknown names."""
+    stem = Path(sam2_config).name.removesuffix(".yaml")
+    for short, long in _CHECKPOINTS.items():
+        if stem.endswith(short):
+            return stem[: -len(short)] + long + ".pt"
+    return "the .pt file published with that config"
+
+
+_EXTENSION_NOTED = threading.Event()
+
+
+def _quiet_missing_extension() -> None:
+    """sam2 without its compiled CUDA extension (``sam2._C``, e.g. a pip install on a CPU
+    machine) warns in several lines each time a mask's holes would be filled. Said once, in
+    one line, here; that one warning (and only it) is filtered from then on."""
+    if _EXTENSION_NOTED.is_set() or importlib.util.find_spec("sam2._C") is not None:
+        return
+    _EXTENSION_NOTED.set()
+    warnings.filterwarnings("ignore", message=r"(?s).*Skipping the post-processing step",
+                            category=UserWarning)
+    logger.info("sam2's CUDA extension (sam2._C) is not built: SAM2 skips filling small holes "
+                "in its masks (results are unaffected in most cases)")

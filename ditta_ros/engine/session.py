@@ -9,14 +9,22 @@ that moment. Phases (``types.Phase``)::
 
 - WARMUP: copies of the first ``AdaptationConfig.warmup_frames`` frames are kept (a bounded
   buffer, handed to the adaptation and released when it ends); the ISS model serves.
-- ADAPTING: stages A, B and C run in ONE background thread with a cancel Event; the ISS
-  model keeps serving. On success the adapted model's add-on cache is primed with the newest
-  frame pushed so far (the last warm-up frame when none arrived meanwhile), then the serving
-  predictor is swapped under the state lock.
+- ADAPTING: stages A, B and C (:func:`~ditta_ros.engine.warmup.run_warmup`) run in the
+  session's one adaptation thread with a cancel Event; ``status().stage`` says which stage
+  runs. The ISS model keeps serving. On success the adapted model's add-on cache is primed
+  with the newest frame pushed so far (the last warm-up frame when none arrived meanwhile),
+  then the serving predictor is swapped under the state lock.
 - ADAPTED: the adapted model serves with fusion (stage D).
 - FAILED: adaptation raised (teacher error, torch out of memory, ...) or stage B found no
   object; ``status().message`` says why and the ISS model serves. Nothing adapts again
   until :meth:`Session.request_adaptation`.
+
+One adaptation at a time, by construction: a single worker thread runs adaptations, fed by a
+queue of length one. A request or reset cancels the running adaptation; the next one starts
+only once the cancelled one has returned (a newer pending warm-up replaces an older one), so
+two adaptations never share the teacher, the device or torch's random state. A run that was
+superseded and then fails for a reason other than its cancellation is reported in
+``status().superseded_error`` (and logged), not silently dropped.
 
 Decisions (documented here because the contract leaves them open):
 
@@ -32,9 +40,11 @@ Decisions (documented here because the contract leaves them open):
   dropped, so the first frame at the new size is served by the plain branch, as frame 0 of
   a stream.
 - ``on_status`` is called on every phase change and on progress (each warm-up frame, each
-  stage, each adaptation step), in order, from whichever thread caused it (mostly the
-  background thread) and never while the session's state lock is held. It must return
-  quickly; it may call :meth:`Session.status`.
+  stage, each adaptation step), in order, never while the session's state lock is held and
+  never from two threads at once: the thread that caused a change delivers it, unless
+  another thread is delivering at that moment, which then delivers it too. It must return
+  quickly; it may call any method of the session (a request or reset from inside it is
+  delivered after the current callback returns).
 """
 
 from __future__ import annotations
@@ -45,18 +55,15 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection
+from typing import TYPE_CHECKING, Callable, Collection, NamedTuple
 
 import numpy as np
 import torch
 
 from ditta_ros.config import DittaConfig
 from ditta_ros.engine import checkpoints
-from ditta_ros.engine.adapt import adapt
-from ditta_ros.engine.errors import AdaptationError, CancelledError, DittaError
 from ditta_ros.engine.fusion import StreamPredictor
 from ditta_ros.engine.preprocess import check_frame
-from ditta_ros.engine.reliability import iss_labels
 from ditta_ros.engine.types import (
     Phase,
     Result,
@@ -65,6 +72,8 @@ from ditta_ros.engine.types import (
     StepLosses,
     Teacher,
 )
+from ditta_ros.engine.warmup import StageStart, WarmupOutcome, run_warmup
+from ditta_ros.errors import AdaptationError, CancelledError, DittaError
 
 if TYPE_CHECKING:
     from ditta_ros.engine.model import DittaModel
@@ -72,6 +81,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 StatusCallback = Callable[[SessionStatus], None]
+
+
+class _Job(NamedTuple):
+    """One adaptation for the worker: its generation, warm-up frames and cancel flag."""
+
+    generation: int
+    frames: list[np.ndarray]
+    cancel: threading.Event
 
 
 class Session:
@@ -95,7 +112,7 @@ class Session:
         self._lock = threading.Lock()            # guards every field below
         self._cond = threading.Condition(self._lock)
         self._push_lock = threading.Lock()       # one push at a time (predictor caches)
-        self._emit_lock = threading.RLock()      # on_status calls, in order
+        self._emit_lock = threading.Lock()       # one deliverer of on_status at a time
         self._pending: deque[SessionStatus] = deque()
         self._phase = Phase.WARMUP
         self._message = "collecting warm-up frames"
@@ -108,8 +125,11 @@ class Session:
         self._last_index = -1
         self._needs_prime = False
         self._generation = 0                     # bumped whenever an adaptation is dropped
-        self._cancel: threading.Event | None = None
-        self._threads: list[threading.Thread] = []
+        self._cancel: threading.Event | None = None   # the current generation's run
+        self._job: _Job | None = None            # the queue of length one
+        self._worker: threading.Thread | None = None
+        self._stage = ""                         # "A", "B" or "C" while adapting
+        self._superseded_error = ""
         self._closed = False
         self._frames_pushed = 0
         self._adaptations_done = 0
@@ -189,82 +209,105 @@ class Session:
         self._cancel = cancel
         self._steps_done, self._last_losses, self._num_objects = 0, None, 0
         self._steps_total = self._config.adaptation.iterations * len(frames)
-        self._stage_seconds = {}
+        self._stage_seconds, self._stage = {}, ""
         self._set_phase_locked(Phase.ADAPTING, f"adapting on {len(frames)} warm-up frames")
-        self._threads = [t for t in self._threads if t.is_alive()]
-        # The buffer travels in a box the worker empties, so that it is released when the
-        # adaptation ends rather than when the thread object goes away.
-        thread = threading.Thread(target=self._adapt_worker,
-                                  args=(self._generation, [frames], cancel),
-                                  name="ditta-adaptation", daemon=True)
-        self._threads.append(thread)
-        thread.start()
+        # The queue holds one job: a newer warm-up replaces one that has not started yet.
+        self._job = _Job(self._generation, frames, cancel)
+        self._cond.notify_all()
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="ditta-adaptation",
+                                            daemon=True)
+            self._worker.start()
 
-    def _adapt_worker(self, generation: int, box: list[list[np.ndarray]],
-                      cancel: threading.Event) -> None:
-        """Stages A + B + C, then the swap; runs in the background thread."""
+    def _work(self) -> None:
+        """The adaptation thread: one job at a time, until the session closes."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._job is not None or self._closed)
+                if self._closed:
+                    self._job = None
+                    return
+                job, self._job = self._job, None
+            if job is not None:
+                self._run(job)
+                del job                          # the warm-up frames go with it
+            self._flush()
+
+    def _run(self, job: _Job) -> None:
+        """Stages A + B + C of one job, then the swap (or FAILED)."""
+        generation = job.generation
         try:
-            adapted = self._adapt(generation, box.pop(), cancel)
-            predictor = StreamPredictor(adapted, self._config.model, self._config.fusion,
-                                        self._device, use_addon=True)
-            with self._lock:
-                prime, prime_index = self._last_frame, self._last_index
-            if prime is not None:
-                predictor.prime(prime)
-            with self._lock:
-                if generation != self._generation:
-                    return                       # superseded by reset/request/load/close
-                self._serving, self._source = predictor, Source.ADAPTED
-                self._adapted_model = adapted
-                self._needs_prime = self._last_index != prime_index
-                self._adaptations_done += 1
-                self._set_phase_locked(
-                    Phase.ADAPTED, f"adapted with {self._num_objects} objects; serving the "
-                    "adapted model with fusion")
+            outcome = run_warmup(
+                self._model, self._teacher, job.frames, self._config,
+                on_stage=lambda event: self._on_stage(generation, event),
+                on_step=lambda losses: self._on_step(generation, losses), cancel=job.cancel)
+            job.frames.clear()
+            self._swap_in(generation, outcome)
         except CancelledError as exc:
             logger.info("adaptation cancelled: %s", exc)
         except Exception as exc:  # noqa: BLE001 - any failure (incl. OOM) -> FAILED
-            logger.exception("adaptation failed")
-            with self._lock:
-                if generation == self._generation:
-                    self._serving, self._source = self._iss, Source.ISS
-                    self._adapted_model = None
-                    self._set_phase_locked(
-                        Phase.FAILED, f"adaptation failed: {type(exc).__name__}: {exc}; "
-                        "serving the ISS model (request a new adaptation to try again)")
-        finally:
-            self._flush()
+            self._failed(generation, exc)
 
-    def _adapt(self, generation: int, frames: list[np.ndarray],
-               cancel: threading.Event) -> DittaModel:
-        cfg = self._config
-        start = time.perf_counter()
-        labels, rel = iss_labels(self._model, frames, cfg.model, self._device, cancel=cancel)
-        self._stage_done(generation, "A", start, "stage A done (ISS labels); running the "
-                         "teacher")
-        start = time.perf_counter()
-        targets = self._teacher.targets(frames, labels, rel, cancel=cancel)
-        if cancel.is_set():
-            raise CancelledError("adaptation cancelled after stage B")
+    def _swap_in(self, generation: int, outcome: WarmupOutcome) -> None:
         with self._lock:
-            self._num_objects = targets.num_objects
-        if targets.num_objects == 0:
-            raise AdaptationError("stage B found no object: no pixel of any warm-up frame "
-                                  "passed the teacher's thresholds, nothing to distil")
-        self._stage_done(generation, "B", start,
-                         f"stage B found {targets.num_objects} objects; adapting")
-        start = time.perf_counter()
-        adapted = adapt(self._model, frames, labels, targets, cfg.model, cfg.adaptation,
-                        self._device, on_step=lambda losses: self._on_step(generation, losses),
-                        cancel=cancel)
-        self._stage_done(generation, "C", start, "stage C done; priming the adapted model")
-        return adapted
+            current = generation == self._generation
+            if current:
+                self._stage_seconds = dict(outcome.stage_seconds)
+                self._num_objects = outcome.num_objects
+        if not current:
+            return                               # superseded by reset/request/load/close
+        if outcome.model is None:
+            raise AdaptationError(outcome.reason)
+        predictor = StreamPredictor(outcome.model, self._config.model, self._config.fusion,
+                                    self._device, use_addon=True)
+        with self._lock:
+            prime, prime_index = self._last_frame, self._last_index
+        if prime is not None:
+            predictor.prime(prime)
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._serving, self._source = predictor, Source.ADAPTED
+            self._adapted_model = outcome.model
+            self._needs_prime = self._last_index != prime_index
+            self._adaptations_done += 1
+            self._stage = ""
+            self._set_phase_locked(
+                Phase.ADAPTED, f"adapted with {self._num_objects} objects; serving the "
+                "adapted model with fusion")
 
-    def _stage_done(self, generation: int, stage: str, start: float, message: str) -> None:
+    def _failed(self, generation: int, exc: Exception) -> None:
+        """FAILED with the reason; an expected failure (a DittaError) logs its traceback at
+        DEBUG only, anything else (a bug, out of memory) at ERROR."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, DittaError):
+            logger.debug("adaptation failed: %s", reason, exc_info=exc)
+        else:
+            logger.error("adaptation failed: %s", reason, exc_info=exc)
         with self._lock:
             if generation == self._generation:
-                self._stage_seconds[stage] = time.perf_counter() - start
-                self._message = message
+                self._serving, self._source = self._iss, Source.ISS
+                self._adapted_model = None
+                self._stage = ""
+                self._set_phase_locked(
+                    Phase.FAILED, f"adaptation failed: {reason}; serving the ISS model "
+                    "(request a new adaptation to try again)")
+            else:
+                self._superseded_error = f"a superseded adaptation failed: {reason}"
+                logger.warning(self._superseded_error)
+                self._notify_locked()
+
+    def _on_stage(self, generation: int, event: StageStart) -> None:
+        text = {"A": "stage A: ISS labels on the warm-up",
+                "B": "stage B: running the teacher",
+                "C": f"stage C: adapting with {event.num_objects} objects"}[event.stage]
+        with self._lock:
+            if generation == self._generation:
+                self._stage = event.stage
+                self._stage_seconds = dict(event.stage_seconds)
+                if event.num_objects is not None:
+                    self._num_objects = event.num_objects
+                self._message = text
                 self._notify_locked()
         self._flush()
 
@@ -283,8 +326,9 @@ class Session:
         """Cancel a running adaptation and forget the warm-up (caller sets the phase)."""
         if self._cancel is not None:
             self._cancel.set()
-        self._cancel = None
+        self._cancel, self._job = None, None     # a job not started yet never runs
         self._generation += 1
+        self._stage = ""
         self._warmup, self._warmup_hw = [], None
         self._steps_done, self._steps_total, self._last_losses = 0, 0, None
 
@@ -355,16 +399,16 @@ class Session:
         self._flush()
 
     def close(self, timeout: float | None = None) -> None:
-        """Cancel a running adaptation and join the background thread (idempotent)."""
+        """Cancel a running adaptation and join the adaptation thread (idempotent)."""
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._drop_adaptation_locked()
                 self._last_frame = None
-            threads = list(self._threads)
-        for thread in threads:
-            if thread is not threading.current_thread():    # close() from on_status
-                thread.join(timeout)
+                self._cond.notify_all()
+            worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)                 # (close() from on_status cannot join)
         self._flush()
 
     def __enter__(self) -> Session:
@@ -398,7 +442,8 @@ class Session:
             steps_done=self._steps_done, steps_total=self._steps_total,
             last_losses=self._last_losses, num_objects=self._num_objects,
             stage_seconds=dict(self._stage_seconds), frames_pushed=self._frames_pushed,
-            adaptations_done=self._adaptations_done, serving=self._source)
+            adaptations_done=self._adaptations_done, serving=self._source, stage=self._stage,
+            superseded_error=self._superseded_error)
 
     def _set_phase_locked(self, phase: Phase, message: str) -> None:
         self._phase, self._message = phase, message
@@ -410,18 +455,32 @@ class Session:
             self._pending.append(self._snapshot_locked())
 
     def _flush(self) -> None:
-        """Deliver queued statuses in the order they happened, outside the state lock."""
+        """Deliver queued statuses in the order they happened, outside the state lock, from
+        one thread at a time. A thread that finds another delivering leaves its statuses to
+        it (so a callback may call back into the session without deadlock); the deliverer
+        looks again after letting go, so no status is left behind."""
         if self._on_status is None:
             return
-        with self._emit_lock:
-            while True:
-                with self._lock:
-                    if not self._pending:
-                        return
-                    status = self._pending.popleft()
-                try:
-                    self._on_status(status)
-                except Exception:  # noqa: BLE001 - a callback must not break the stream
-                    logger.exception("on_status callback raised; status %s dropped",
-                                     status.phase.value)
+        while True:
+            if not self._emit_lock.acquire(blocking=False):
+                return                           # the thread delivering takes ours too
+            try:
+                self._deliver()
+            finally:
+                self._emit_lock.release()
+            with self._lock:
+                if not self._pending:
+                    return
 
+    def _deliver(self) -> None:
+        callback = self._on_status
+        while callback is not None:
+            with self._lock:
+                if not self._pending:
+                    return
+                status = self._pending.popleft()
+            try:
+                callback(status)
+            except Exception:  # noqa: BLE001 - a callback must not break the stream
+                logger.exception("on_status callback raised; status %s dropped",
+                                 status.phase.value)

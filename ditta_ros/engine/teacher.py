@@ -7,9 +7,10 @@ The stage is split in three layers so each can be tested on its own:
 * :class:`PropagationTeacher`, the forward/backward prompt-and-propagate algorithm, written
   once against the small :class:`MaskPropagator` protocol (a test can plug in an oracle that
   returns ground-truth object masks);
-* :class:`SAM2Teacher` / :func:`build_sam2_teacher`: the same algorithm driven by SAM2's video
-  predictor (the adapter lives in :mod:`ditta_ros.engine.sam2_teacher`, imported lazily so
-  that importing this module never loads sam2 or hydra).
+* :class:`~ditta_ros.engine.sam2_teacher.SAM2Teacher` /
+  :func:`~ditta_ros.engine.sam2_teacher.build_sam2_teacher` (in their own module, which
+  imports this one and never the reverse): the same algorithm driven by SAM2's video
+  predictor.
 """
 
 from __future__ import annotations
@@ -17,45 +18,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ditta_ros.config import TeacherConfig
-from ditta_ros.engine.errors import AdaptationError, CancelledError, InputError
-from ditta_ros.engine.types import Prompt, Targets
+from ditta_ros.engine.types import MaskPropagator, ObjectMasks, Prompt, Targets
+from ditta_ros.errors import AdaptationError, CancelledError, InputError
 
-if TYPE_CHECKING:
-    import torch
+__all__ = ["FramePrompts", "MaskPropagator", "ObjectMasks", "PromptPoint",
+           "PropagationTeacher", "explained_region", "merge_passes", "render_objects",
+           "select_prompts", "vote"]
 
 
 # --------------------------------------------------------------------------------------
 # Values
 # --------------------------------------------------------------------------------------
-class ObjectMasks(NamedTuple):
-    """The masks of several tracked objects on one frame.
-
-    ids: object ids, in the tracker's object order (SAM2's order; it matters for merging
-        and for ties in rendering).
-    masks: (K, H, W) bool, original frame size; ``masks[i]`` belongs to ``ids[i]``.
-    """
-
-    ids: tuple[int, ...]
-    masks: np.ndarray
-
-    @staticmethod
-    def empty(height: int, width: int) -> ObjectMasks:
-        return ObjectMasks((), np.zeros((0, height, width), dtype=bool))
-
-    def select(self, keep: Sequence[int]) -> ObjectMasks:
-        """The objects at positions ``keep`` (in that order)."""
-        idx = np.asarray(list(keep), dtype=np.int64)
-        return ObjectMasks(tuple(self.ids[i] for i in keep), self.masks[idx])
-
-    def concat(self, other: ObjectMasks) -> ObjectMasks:
-        return ObjectMasks(self.ids + other.ids, np.concatenate([self.masks, other.masks]))
-
-
 class PromptPoint(NamedTuple):
     """A chosen prompt pixel of one ISS class (frame and object id are assigned later)."""
 
@@ -73,63 +51,6 @@ class FramePrompts(NamedTuple):
 
     points: tuple[PromptPoint, ...]
     class_counts: np.ndarray
-
-
-# --------------------------------------------------------------------------------------
-# The video-object operations the algorithm needs
-# --------------------------------------------------------------------------------------
-class MaskPropagator(Protocol):
-    """The part of a video object tracker (SAM2) that stage B drives.
-
-    A propagator holds one clip and a set of tracked objects. Object ids are chosen by the
-    caller. The tracker's *object order* is the order in which objects were first added
-    since the last :meth:`start` or :meth:`reset`; every method that returns masks returns
-    all tracked objects in that order, as :class:`ObjectMasks` with (K, H, W) bool masks at
-    the clip's original frame size (for SAM2: logit > 0).
-
-    Call sequence used by :class:`PropagationTeacher`::
-
-        start(frames)
-        (add_point | add_mask)* on frame t, then propagate(t, reverse) ...
-        reset(); ...                  # forget objects, keep the clip (and cached features)
-        release()
-
-    An oracle for tests: remember, per object id, which ground-truth region the prompt
-    pixel (or mask) selected, and return those regions' masks on the requested frames.
-    """
-
-    def start(self, frames: Sequence[np.ndarray]) -> None:
-        """Load a new clip (frames (H, W, 3) uint8 BGR) and forget every object."""
-        ...
-
-    def reset(self) -> None:
-        """Forget every object, prompt and tracking result; keep the clip."""
-        ...
-
-    def add_point(self, frame: int, object_id: int, row: int, col: int) -> ObjectMasks:
-        """Add a new object from one positive point at pixel (row, col) of ``frame``.
-
-        Returns the masks of all tracked objects on ``frame``.
-        """
-        ...
-
-    def add_mask(self, frame: int, object_id: int, mask: np.ndarray) -> ObjectMasks:
-        """Add a new object from a (H, W) bool mask on ``frame`` (may be empty).
-
-        Returns the masks of all tracked objects on ``frame``.
-        """
-        ...
-
-    def propagate(self, frame: int, reverse: bool) -> ObjectMasks:
-        """Track every object from ``frame`` one frame on (``frame - 1`` when ``reverse``).
-
-        Returns the masks on that next frame; the caller never asks past either end.
-        """
-        ...
-
-    def release(self) -> None:
-        """Drop the clip and everything cached for it."""
-        ...
 
 
 # --------------------------------------------------------------------------------------
@@ -299,7 +220,7 @@ class PropagationTeacher:
     num_classes: C of the score matrix; None: ``labels.max() + 1`` of each call.
     """
 
-    def __init__(self, propagator: MaskPropagator, config: TeacherConfig,
+    def __init__(self, propagator: MaskPropagator[Any], config: TeacherConfig,
                  num_classes: int | None = None) -> None:
         self.propagator = propagator
         self.config = config
@@ -310,12 +231,12 @@ class PropagationTeacher:
         labels, reliability = _check_inputs(frames, labels, reliability, self.num_classes)
         num_frames, height, width = labels.shape
         num_classes = self.num_classes or int(labels.max()) + 1
-        self.propagator.start(frames)
+        clip = self.propagator.start(frames)
         try:
-            forward = self._forward_pass(labels, reliability, num_classes, cancel)
-            backward = self._backward_pass(forward.prompts, cancel)
+            forward = self._forward_pass(clip, labels, reliability, num_classes, cancel)
+            backward = self._backward_pass(clip, forward.prompts, cancel)
         finally:
-            self.propagator.release()
+            self.propagator.release(clip)
         prompted: dict[int, list[int]] = {}
         for p in forward.prompts:
             prompted.setdefault(p.frame, []).append(p.object_id)
@@ -330,8 +251,8 @@ class PropagationTeacher:
         return Targets(object_ids=object_ids, ids=np.asarray(ids, dtype=np.int32),
                        classes=classes, scores=scores, prompts=tuple(forward.prompts))
 
-    def _forward_pass(self, labels: np.ndarray, reliability: np.ndarray, num_classes: int,
-                      cancel: threading.Event | None) -> _ForwardResult:
+    def _forward_pass(self, clip: Any, labels: np.ndarray, reliability: np.ndarray,
+                      num_classes: int, cancel: threading.Event | None) -> _ForwardResult:
         cfg = self.config
         num_frames, height, width = labels.shape
         counts = np.zeros(num_classes, dtype=np.int64)
@@ -352,7 +273,7 @@ class PropagationTeacher:
             next_id += len(new)
             prompts.extend(new)
             if new:
-                current = self._place(t, new, current)
+                current = self._place(clip, t, new, current)
             if current is None:
                 # No object tracked yet: record nothing for this frame. The reference
                 # crashes when frame 0 has no prompt; this is our deliberate fix.
@@ -364,25 +285,25 @@ class PropagationTeacher:
             # memory (frames before t), which gives the same masks again.
             recorded.append(current)
             if t + 1 < num_frames:
-                current = self.propagator.propagate(t, reverse=False)
+                current = self.propagator.propagate(clip, t, reverse=False)
         return _ForwardResult(recorded, prompts, counts)
 
-    def _place(self, frame: int, new: Sequence[Prompt],
+    def _place(self, clip: Any, frame: int, new: Sequence[Prompt],
                current: ObjectMasks | None) -> ObjectMasks:
         """Add a frame's new point objects; with objects already tracked, reset first and
         re-add each of them as a mask prompt (its current mask on ``frame``) after them.
         SAM2 needs all prompts of a frame before tracking it, hence the reset."""
         result: ObjectMasks | None = None
         if current is not None:
-            self.propagator.reset()
+            self.propagator.reset(clip)
         for p in new:
-            result = self.propagator.add_point(frame, p.object_id, p.row, p.col)
+            result = self.propagator.add_point(clip, frame, p.object_id, p.row, p.col)
         if current is not None:
             # After the points, so the tracker's order becomes: new points in prompt order,
             # then the re-added objects in their previous order. Empty masks are re-added too
             # (objects are never dropped).
             for oid, mask in zip(current.ids, current.masks):
-                result = self.propagator.add_mask(frame, oid, mask)
+                result = self.propagator.add_mask(clip, frame, oid, mask)
         if result is None:
             raise AdaptationError("stage B placed no prompt (internal error)")
         expected = tuple(p.object_id for p in new) + (current.ids if current else ())
@@ -392,7 +313,7 @@ class PropagationTeacher:
                 f"expected {expected}: it must return every tracked object")
         return result
 
-    def _backward_pass(self, prompts: Sequence[Prompt],
+    def _backward_pass(self, clip: Any, prompts: Sequence[Prompt],
                        cancel: threading.Event | None) -> dict[int, ObjectMasks]:
         """Replay the forward prompts from the last prompted frame down to frame 0."""
         if not prompts:
@@ -401,19 +322,19 @@ class PropagationTeacher:
         for p in prompts:
             by_frame.setdefault(p.frame, []).append(p)
         last = max(by_frame)
-        self.propagator.reset()
+        self.propagator.reset(clip)
         recorded: dict[int, ObjectMasks] = {}
         current: ObjectMasks | None = None
         for t in range(last, -1, -1):
             _check_cancel(cancel, t, "backward")
             if t in by_frame:
                 # No thresholds or region tests here: the same prompts, ids and order.
-                current = self._place(t, by_frame[t], current)
+                current = self._place(clip, t, by_frame[t], current)
             if current is None:
                 raise AdaptationError("backward pass started without a prompt (internal)")
             recorded[t] = current
             if t > 0:
-                current = self.propagator.propagate(t, reverse=True)
+                current = self.propagator.propagate(clip, t, reverse=True)
         return recorded
 
 
@@ -452,33 +373,3 @@ def _check_inputs(frames: Sequence[np.ndarray], labels: np.ndarray, reliability:
         raise InputError(f"stage B labels span [{low}, {high}], outside the class range "
                          f"[0, {num_classes if num_classes is not None else 'C'})")
     return labels.astype(np.int64, copy=False), reliability.astype(np.float32, copy=False)
-
-
-# --------------------------------------------------------------------------------------
-# SAM2
-# --------------------------------------------------------------------------------------
-class SAM2Teacher(PropagationTeacher):
-    """Stage B with SAM2's video predictor as the propagator (the paper's teacher).
-
-    predictor: a ``sam2.sam2_video_predictor.SAM2VideoPredictor`` (see
-    :func:`build_sam2_teacher`); device: where SAM2 runs, None: the predictor's device.
-    """
-
-    def __init__(self, predictor: object, config: TeacherConfig,
-                 device: torch.device | str | None = None,
-                 num_classes: int | None = None) -> None:
-        from ditta_ros.engine.sam2_teacher import SAM2Propagator
-
-        super().__init__(SAM2Propagator(predictor, device), config, num_classes)
-
-
-def build_sam2_teacher(config: TeacherConfig, device: torch.device | str | None = None,
-                       num_classes: int | None = None) -> SAM2Teacher:
-    """SAM2 teacher from ``config``: local checkpoint, or seeded random weights when
-    ``config.sam2_checkpoint`` is empty. Never downloads; raises CheckpointError naming the
-    path and the fix. ``config.device`` wins over ``device`` when set."""
-    from ditta_ros.engine.sam2_teacher import build_sam2_predictor, teacher_device
-
-    where = teacher_device(config, device)
-    predictor = build_sam2_predictor(config, where)
-    return SAM2Teacher(predictor, config, where, num_classes)

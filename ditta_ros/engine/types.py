@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -97,6 +97,91 @@ class Teacher(Protocol):
                 cancel: threading.Event | None = None) -> Targets: ...
 
 
+class ObjectMasks(NamedTuple):
+    """The masks of several tracked objects on one frame (stage B).
+
+    ids: object ids, in the tracker's object order (SAM2's order; it matters for merging
+        and for ties in rendering).
+    masks: (K, H, W) bool, original frame size; ``masks[i]`` belongs to ``ids[i]``.
+    """
+
+    ids: tuple[int, ...]
+    masks: np.ndarray
+
+    @staticmethod
+    def empty(height: int, width: int) -> ObjectMasks:
+        return ObjectMasks((), np.zeros((0, height, width), dtype=bool))
+
+    def select(self, keep: Sequence[int]) -> ObjectMasks:
+        """The objects at positions ``keep`` (in that order)."""
+        idx = np.asarray(list(keep), dtype=np.int64)
+        return ObjectMasks(tuple(self.ids[i] for i in keep), self.masks[idx])
+
+    def concat(self, other: ObjectMasks) -> ObjectMasks:
+        return ObjectMasks(self.ids + other.ids, np.concatenate([self.masks, other.masks]))
+
+
+Clip = TypeVar("Clip")
+
+
+class MaskPropagator(Protocol[Clip]):
+    """The part of a video object tracker (SAM2) that stage B drives.
+
+    :meth:`start` loads a clip and returns its handle (as SAM2's predictor returns an
+    inference state); every other call names the clip it works on, so a stale caller holding
+    an old handle can never touch a newer clip, and a released handle fails loudly. Object
+    ids are chosen by the caller. The tracker's *object order* is the order in which objects
+    were first added since :meth:`start` or :meth:`reset`; every method that returns masks
+    returns all tracked objects of the clip in that order, as :class:`ObjectMasks` with
+    (K, H, W) bool masks at the clip's original frame size (for SAM2: logit > 0).
+
+    Call sequence used by :class:`~ditta_ros.engine.teacher.PropagationTeacher`::
+
+        clip = start(frames)
+        (add_point | add_mask)(clip, t, ...)*, then propagate(clip, t, reverse) ...
+        reset(clip); ...              # forget objects, keep the clip (and cached features)
+        release(clip)
+
+    An oracle for tests: remember, per object id, which ground-truth region the prompt
+    pixel (or mask) selected, and return those regions' masks on the requested frames.
+    """
+
+    def start(self, frames: Sequence[np.ndarray]) -> Clip:
+        """Load a new clip (frames (H, W, 3) uint8 BGR); returns its handle."""
+        ...
+
+    def reset(self, clip: Clip) -> None:
+        """Forget every object, prompt and tracking result of ``clip``; keep its frames."""
+        ...
+
+    def add_point(self, clip: Clip, frame: int, object_id: int, row: int,
+                  col: int) -> ObjectMasks:
+        """Add a new object from one positive point at pixel (row, col) of ``frame``.
+
+        Returns the masks of all tracked objects on ``frame``.
+        """
+        ...
+
+    def add_mask(self, clip: Clip, frame: int, object_id: int,
+                 mask: np.ndarray) -> ObjectMasks:
+        """Add a new object from a (H, W) bool mask on ``frame`` (may be empty).
+
+        Returns the masks of all tracked objects on ``frame``.
+        """
+        ...
+
+    def propagate(self, clip: Clip, frame: int, reverse: bool) -> ObjectMasks:
+        """Track every object from ``frame`` one frame on (``frame - 1`` when ``reverse``).
+
+        Returns the masks on that next frame; the caller never asks past either end.
+        """
+        ...
+
+    def release(self, clip: Clip) -> None:
+        """Drop the clip and everything cached for it; later use of the handle raises."""
+        ...
+
+
 @dataclass(frozen=True)
 class StepLosses:
     """Losses of one stage-C step, before the optimiser step (ALGORITHM.md, stage C)."""
@@ -130,3 +215,5 @@ class SessionStatus:
     frames_pushed: int = 0
     adaptations_done: int = 0
     serving: Source = Source.ISS          # the model serving the next pushed frame
+    stage: str = ""                   # "A", "B" or "C" while ADAPTING runs that stage
+    superseded_error: str = ""        # latest failure of a run that a newer one replaced

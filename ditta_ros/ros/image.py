@@ -3,7 +3,7 @@
 Camera messages come in many encodings; the engine wants one thing: an (H, W, 3) uint8 BGR
 frame (ALGORITHM.md decodes frames as 8-bit BGR). :func:`image_to_frame` and
 :func:`compressed_to_frame` return that frame together with the decoded array in its own
-encoding. Every malformed message raises :class:`~ditta_ros.engine.errors.InputError` with the
+encoding. Every malformed message raises :class:`~ditta_ros.errors.InputError` with the
 reason, so the node can count and log it and go on with the next frame.
 
 Outputs (labels, colours, confidence) go the other way with :func:`array_to_image`.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from ditta_ros.engine.errors import InputError
+from ditta_ros.errors import InputError
 
 if TYPE_CHECKING:  # decoding needs only the message fields: bags are read without ROS
     from sensor_msgs.msg import CompressedImage, Image

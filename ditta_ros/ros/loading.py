@@ -21,7 +21,7 @@ from rclpy.qos import (
 )
 
 from ditta_ros.config import DittaConfig, NodeConfig
-from ditta_ros.engine.errors import ConfigError, DittaError
+from ditta_ros.errors import ConfigError, DittaError
 from ditta_ros.engine.types import SessionStatus
 
 StatusCallback = Callable[[SessionStatus], None]
@@ -66,7 +66,7 @@ def default_session_factory(config: DittaConfig, on_status: StatusCallback) -> L
     """The real thing: SegFormer + DiTTA head, the SAM2 teacher, a streaming Session."""
     from ditta_ros.engine.checkpoints import build_model
     from ditta_ros.engine.session import Session
-    from ditta_ros.engine.teacher import build_sam2_teacher
+    from ditta_ros.engine.sam2_teacher import build_sam2_teacher
 
     try:
         model = build_model(config.model, window_radius=config.fusion.window_radius)

@@ -43,7 +43,7 @@ from ditta_ros.config import (
     TeacherConfig,
     settings_of,
 )
-from ditta_ros.engine.errors import ConfigError
+from ditta_ros.errors import ConfigError
 
 ParameterValue = bool | int | float | str
 

@@ -126,7 +126,7 @@ def build_models(config: DittaConfig, methods: Sequence[str], warn: Callable[[st
                         window_radius=config.fusion.window_radius)
     teacher = None
     if "ditta" in methods or "sam2-refine" in methods:
-        from ditta_ros.engine.teacher import build_sam2_teacher
+        from ditta_ros.engine.sam2_teacher import build_sam2_teacher
 
         if config.teacher.sam2_checkpoint == "":
             warn(f"no --sam2-checkpoint given: using a seeded RANDOM SAM2 "
