@@ -2,12 +2,13 @@
 
     ros2 launch ditta_ros ditta.launch.py image:=/camera/image_raw
     ros2 launch ditta_ros ditta.launch.py image:=/camera/image_raw transport:=compressed \\
-        segformer_checkpoint:=/models/segformer_b5_vspw.pt \\
-        sam2_checkpoint:=/models/sam2_hiera_large.pt device:=cuda use_rviz:=true
+        params_file:=/path/to/my_ditta.yaml device:=cuda use_rviz:=true
 
-Every launch argument that reaches the node maps to one parameter it declares (see
-``NODE_PARAMETERS``; test/test_launch.py checks the mapping against ditta_ros/config.py).
-Other settings: pass your own ``params_file`` (start from config/ditta.yaml).
+Arguments, their descriptions and what they default to come from ditta_ros/config.py through
+``ditta_ros.ros.launch_arguments`` (the table is in docs/node.md). Precedence, lowest first:
+the node's defaults, autostart true (this launch starts the node), your ``params_file``, the
+arguments you give. An argument you do not give is not passed, so it never replaces a value
+of your parameter file.
 
 With ``autostart:=false`` the node waits in the unconfigured state for a lifecycle manager
 (nav2_lifecycle_manager needs ``bond_timeout: 0.0`` for Python lifecycle nodes).
@@ -16,82 +17,70 @@ With ``autostart:=false`` the node waits in the unconfigured state for a lifecyc
 from __future__ import annotations
 
 import os
+import tempfile
 
-from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, TextSubstitution
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.launch_context import LaunchContext
+from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
-from launch_ros.parameter_descriptions import ParameterValue
 
+import launch
+from ditta_ros.ros.launch_arguments import (
+    launch_arguments,
+    node_parameters,
+    render_rviz,
+    viewer_topics,
+)
 from launch import LaunchDescription
 
 PACKAGE = "ditta_ros"
 
-# launch argument -> (node parameter, type, default, description)
-NODE_PARAMETERS: dict[str, tuple[str, type, str, str]] = {
-    "transport": ("transport", str, "raw",
-                  "raw (sensor_msgs/Image on <image>) or compressed (CompressedImage on "
-                  "<image>/compressed)"),
-    "device": ("model.device", str, "cpu", "Torch device: cpu, cuda or cuda:N"),
-    "segformer_checkpoint": ("model.checkpoint", str, "",
-                             "ISS model: ditta_ros .pt or Hugging Face SegFormer directory "
-                             "('' = random tiny model, demo only)"),
-    "sam2_checkpoint": ("teacher.sam2_checkpoint", str, "",
-                        "SAM2 .pt checkpoint ('' = random weights, demo only)"),
-    "sam2_config": ("teacher.sam2_config", str, "configs/sam2/sam2_hiera_l.yaml",
-                    "SAM2 config name inside the sam2 package"),
-    "classes": ("classes", str, "vspw", "vspw, cityscapes, ade20k or a YAML class list"),
-    "autostart": ("autostart", bool, "true",
-                  "configure and activate at start (false: wait for a lifecycle manager)"),
-}
 
-# Launch arguments that do not become node parameters.
-OTHER_ARGUMENTS: dict[str, tuple[str, str]] = {
-    "image": ("/camera/image_raw", "Camera image topic (base topic for compressed)"),
-    "namespace": ("", "Namespace of the node"),
-    "node_name": ("ditta_node", "Name of the node"),
-    "use_rviz": ("false", "Start RViz with config/ditta.rviz"),
-}
+def _values(context: LaunchContext) -> dict[str, str]:
+    return {a.name: LaunchConfiguration(a.name).perform(context) for a in launch_arguments()}
 
 
-def _params_file_default() -> str:
-    return os.path.join(get_package_share_directory(PACKAGE), "config", "ditta.yaml")
-
-
-def generate_launch_description() -> LaunchDescription:
-    share = get_package_share_directory(PACKAGE)
-    arguments = [DeclareLaunchArgument("params_file", default_value=_params_file_default(),
-                                       description="Parameter file (all settings)")]
-    for name, (default, description) in OTHER_ARGUMENTS.items():
-        arguments.append(DeclareLaunchArgument(name, default_value=default,
-                                               description=description))
-    for name, (_, _, default, description) in NODE_PARAMETERS.items():
-        arguments.append(DeclareLaunchArgument(name, default_value=default,
-                                               description=description))
-
-    overrides = {parameter: ParameterValue(LaunchConfiguration(name), value_type=value_type)
-                 for name, (parameter, value_type, _, _) in NODE_PARAMETERS.items()}
-    image = LaunchConfiguration("image")
+def _node(context: LaunchContext) -> list[launch.Action]:
+    values = _values(context)
+    image = values["image"]
     node = LifecycleNode(
         package=PACKAGE,
         executable="ditta_node",
-        name=LaunchConfiguration("node_name"),
-        namespace=LaunchConfiguration("namespace"),
+        name=values["node_name"],
+        namespace=values["namespace"],
         output="screen",
         emulate_tty=True,
-        parameters=[LaunchConfiguration("params_file"), overrides],
-        remappings=[
-            ("image", image),
-            ("image/compressed", [image, TextSubstitution(text="/compressed")]),
-        ],
+        parameters=node_parameters(values),
+        remappings=[("image", image), ("image/compressed", f"{image}/compressed")],
     )
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        name="ditta_rviz",
-        arguments=["-d", PathJoinSubstitution([share, "config", "ditta.rviz"])],
-        condition=IfCondition(LaunchConfiguration("use_rviz")),
-        output="screen",
-    )
-    return LaunchDescription([*arguments, node, rviz])
+    return [node, *_viewer(values)]
+
+
+def _viewer(values: dict[str, str]) -> list[launch.Action]:
+    """RViz on this launch's topics, or a warning (and no viewer) when rviz2 is missing."""
+    if values["use_rviz"].strip().lower() not in ("true", "1", "yes"):
+        return []
+    log = launch.logging.get_logger("ditta.launch")
+    try:
+        get_package_share_directory("rviz2")
+    except PackageNotFoundError:
+        log.warning("use_rviz:=true but rviz2 is not installed: starting ditta_node without "
+                    "the viewer (install ros-$ROS_DISTRO-rviz2, or view the topics elsewhere)")
+        return []
+    template = os.path.join(get_package_share_directory(PACKAGE), "config", "ditta.rviz")
+    with open(template, encoding="utf-8") as file:
+        text = render_rviz(file.read(), viewer_topics(values["image"], values["namespace"],
+                                                      values["node_name"]))
+    with tempfile.NamedTemporaryFile("w", prefix="ditta_", suffix=".rviz", delete=False,
+                                     encoding="utf-8") as out:
+        out.write(text)
+    return [Node(package="rviz2", executable="rviz2", name="ditta_rviz",
+                 namespace=values["namespace"], arguments=["-d", out.name], output="screen")]
+
+
+def generate_launch_description() -> LaunchDescription:
+    arguments = [DeclareLaunchArgument(a.name, default_value=a.default,
+                                       description=a.description)
+                 for a in launch_arguments()]
+    return LaunchDescription([*arguments, OpaqueFunction(function=_node)])

@@ -1,20 +1,40 @@
-"""launch/ditta.launch.py and config/ditta.rviz: checked here without launch/launch_ros/rviz2.
+"""launch/ditta.launch.py, its arguments and config/ditta.rviz.
 
-launch and launch_ros are not installable on this machine (see ENVIRONMENT.md), so the launch
-file is read with ``ast``: its argument -> parameter table must name parameters the node
-declares, with matching types and defaults, and the files and executable it names must exist
-in the package. test_launch_imports_with_launch_ros runs the real thing where launch_ros
-imports (a ROS 2 install) and skips here.
+The rules of the launch file live in ``ditta_ros.ros.launch_arguments`` (pure Python), so
+they are tested here without ``launch``/``launch_ros``: the arguments come from config.py's
+metadata, and the three-way precedence (node default < params file < launch argument) is
+checked by handing the node the parameter list the launch builds, as ``--params-file``
+files in order, exactly as launch_ros passes them, to a real DittaNode. Where ``ros2
+launch`` and an installed ditta_ros exist, the same is checked by running the launch file.
 """
 
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from fixtures_node import ros_context
 
+from ditta_ros.ros.launch_arguments import (
+    LAUNCH_DEFAULTS,
+    NODE_ARGUMENTS,
+    NOT_GIVEN,
+    launch_arguments,
+    node_parameters,
+    render_launch_table,
+    render_rviz,
+    typed_value,
+    viewer_topics,
+)
+from ditta_ros.ros.node import DittaNode
 from ditta_ros.ros.parameters import spec_by_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,82 +42,191 @@ LAUNCH = ROOT / "launch" / "ditta.launch.py"
 RVIZ = ROOT / "config" / "ditta.rviz"
 
 
-def _literal(name: str) -> object:
-    """The literal value of a module-level assignment in the launch file."""
-    tree = ast.parse(LAUNCH.read_text())
-    for node in tree.body:
-        targets = ([node.target] if isinstance(node, ast.AnnAssign)
-                   else node.targets if isinstance(node, ast.Assign) else [])
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-            assert node.value is not None
-            source = ast.unparse(node.value)
-            # the table holds type names (str, bool): evaluate them as names, nothing else
-            return eval(source, {"__builtins__": {}}, {"str": str, "bool": bool,
-                                                       "int": int, "float": float})
-    raise AssertionError(f"{name} not found in {LAUNCH}")
-
-
-def test_every_launch_argument_maps_to_a_declared_parameter() -> None:
-    table = _literal("NODE_PARAMETERS")
+def test_node_arguments_come_from_config_metadata_and_default_to_not_given() -> None:
     specs = spec_by_name()
-    assert isinstance(table, dict) and table
-    for argument, (parameter, value_type, default, description) in table.items():
-        assert parameter in specs, f"launch argument {argument} -> unknown {parameter}"
-        spec = specs[parameter]
-        assert value_type is spec.value_type, argument
-        parsed = {"true": True, "false": False}.get(default, default) \
-            if value_type is bool else value_type(default)
-        if argument == "autostart":
-            # deliberate: `ros2 launch` starts the node; a bare node waits for a manager
-            assert parsed is True and spec.default is False
-            continue
-        assert parsed == spec.default, f"{argument}: launch default {default!r} differs"
-        assert description
-    wanted = {"transport", "device", "segformer_checkpoint", "sam2_checkpoint", "autostart"}
-    assert wanted <= set(table)
-    others = _literal("OTHER_ARGUMENTS")
-    assert {"image", "namespace", "node_name", "use_rviz"} <= set(others)  # type: ignore[arg-type]
-    assert not set(others) & set(table)  # type: ignore[arg-type]
+    arguments = {a.name: a for a in launch_arguments()}
+    assert {"transport", "device", "segformer_checkpoint", "sam2_checkpoint", "sam2_config",
+            "classes", "autostart", "image", "namespace", "node_name", "use_rviz",
+            "params_file"} == set(arguments)
+    for name, parameter in NODE_ARGUMENTS.items():
+        argument = arguments[name]
+        assert argument.parameter == parameter and argument.default == NOT_GIVEN
+        assert specs[parameter].description in argument.description
+    assert arguments["params_file"].default == ""          # no file unless the user gives one
 
 
-def test_launch_file_names_files_and_executable_that_exist() -> None:
+def test_typed_values_and_unparsable_text_passes_through() -> None:
+    assert typed_value("autostart", "False") is False
+    assert typed_value("autostart", "true") is True
+    assert typed_value("autostart", "maybe") == "maybe"    # the node names the problem
+    assert typed_value("adaptation.warmup_frames", "7") == 7
+    assert typed_value("fusion.tau", "0.5") == 0.5
+    assert typed_value("model.device", "cuda:1") == "cuda:1"
+
+
+def test_an_argument_reaches_the_node_only_when_given() -> None:
+    values = {a.name: a.default for a in launch_arguments()}
+    assert node_parameters(values) == [LAUNCH_DEFAULTS]
+    values.update(params_file="/tmp/mine.yaml", device="cuda", autostart="false")
+    assert node_parameters(values) == [
+        LAUNCH_DEFAULTS, "/tmp/mine.yaml", {"model.device": "cuda", "autostart": False}]
+
+
+def _as_ros_args(entries: list[Any], folder: Path) -> list[str]:
+    """What launch_ros does with a ``parameters=`` list: every entry becomes a
+    ``--params-file``, a dict written to a file for every node ('/**'), in list order."""
+    args = ["--ros-args"]
+    for i, entry in enumerate(entries):
+        if isinstance(entry, dict):
+            path = folder / f"launch_params_{i}.yaml"
+            path.write_text(yaml.safe_dump({"/**": {"ros__parameters": entry}}))
+            entry = str(path)
+        args += ["--params-file", str(entry)]
+    return args
+
+
+def test_precedence_node_default_then_params_file_then_launch_argument(tmp_path: Path
+                                                                       ) -> None:
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "transport": "compressed",                          # file only
+        "classes": "cityscapes",                            # file, then argument
+        "autostart": False,                                 # file beats launch's default
+        "model": {"checkpoint": "/models/segformer.pt"},    # file only, nested form
+        "teacher": {"sam2_config": "configs/sam2.1/sam2.1_hiera_t.yaml"},
+    }}}))
+    values = {a.name: a.default for a in launch_arguments()}
+    values.update(params_file=str(mine), classes="ade20k", sam2_checkpoint="/models/s.pt")
+    args = _as_ros_args(node_parameters(values), tmp_path)
+    with ros_context() as context:
+        node = DittaNode(context=context, cli_args=args)
+        try:
+            got = {name: node.get_parameter(name).value for name in (
+                "transport", "classes", "autostart", "model.checkpoint", "model.device",
+                "teacher.sam2_config", "teacher.sam2_checkpoint")}
+        finally:
+            node.destroy_node()
+    assert got == {
+        "transport": "compressed",                          # params file over default
+        "classes": "ade20k",                                # argument over params file
+        "autostart": False,                                 # params file over launch default
+        "model.checkpoint": "/models/segformer.pt",
+        "model.device": "cpu",                              # node default: nobody set it
+        "teacher.sam2_config": "configs/sam2.1/sam2.1_hiera_t.yaml",
+        "teacher.sam2_checkpoint": "/models/s.pt",          # argument only
+    }
+
+
+def test_without_a_params_file_launch_starts_the_node_with_its_defaults(tmp_path: Path
+                                                                         ) -> None:
+    values = {a.name: a.default for a in launch_arguments()}
+    with ros_context() as context:
+        node = DittaNode(context=context,
+                         cli_args=_as_ros_args(node_parameters(values), tmp_path))
+        try:
+            assert node.get_parameter("autostart").value is True
+            assert node.get_parameter("transport").value == spec_by_name()["transport"].default
+        finally:
+            node.destroy_node()
+
+
+def test_launch_file_uses_the_shared_rules_and_names_what_exists() -> None:
     text = LAUNCH.read_text()
     tree = ast.parse(text)
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module == "ditta_ros.ros.launch_arguments" for alias in node.names}
+    assert {"launch_arguments", "node_parameters", "render_rviz", "viewer_topics"} <= imported
     strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
                and isinstance(n.value, str)}
-    assert {"ditta.yaml", "ditta.rviz", "config"} <= strings
-    assert (ROOT / "config" / "ditta.yaml").is_file() and RVIZ.is_file()
+    assert {"ditta_node", "ditta.rviz", "config", "rviz2"} <= strings
+    assert "PackageNotFoundError" in text          # a missing rviz2 is handled, not fatal
     scripts = (ROOT / "resource" / "console_scripts.txt").read_text()
     assert "ditta_node = ditta_ros.ros.node:main" in scripts
-    assert '"ditta_node"' in text and "image/compressed" in text
-    compile(text, str(LAUNCH), "exec")          # valid Python for the launch system
+    compile(text, str(LAUNCH), "exec")
 
 
-def test_rviz_shows_camera_labels_and_overlay_on_the_node_defaults() -> None:
-    config = yaml.safe_load(RVIZ.read_text())
-    displays = {d["Name"]: d for d in config["Visualization Manager"]["Displays"]}
+def test_rviz_template_shows_the_node_defaults_and_follows_the_launch() -> None:
+    template = RVIZ.read_text()
+    displays = {d["Name"]: d for d in
+                yaml.safe_load(template)["Visualization Manager"]["Displays"]}
     assert {d["Class"] for d in displays.values()} == {"rviz_default_plugins/Image"}
-    camera_default = _literal("OTHER_ARGUMENTS")["image"][0]  # type: ignore[index]
-    assert displays["Camera"]["Topic"]["Value"] == camera_default
-    assert displays["Labels"]["Topic"]["Value"] == "/ditta_node/labels_color"
-    assert displays["Overlay"]["Topic"]["Value"] == "/ditta_node/overlay"
-    # the node's outputs are reliable by default; the camera display accepts best effort
-    assert spec_by_name()["output_reliability"].default == "reliable"
+    defaults = {a.name: a.default for a in launch_arguments()}
+    for name, topic in viewer_topics(defaults["image"], defaults["namespace"],
+                                     defaults["node_name"]).items():
+        assert displays[name]["Topic"]["Value"] == topic
     assert displays["Labels"]["Topic"]["Reliability Policy"] == "Reliable"
     assert displays["Camera"]["Topic"]["Reliability Policy"] == "Best Effort"
 
+    topics = viewer_topics("/front/image", "robot1", "seg")
+    assert topics == {"Camera": "/front/image", "Labels": "/robot1/seg/labels_color",
+                      "Overlay": "/robot1/seg/overlay"}
+    assert viewer_topics("front/image", "/robot1/", "seg")["Camera"] == "/robot1/front/image"
+    rendered = yaml.safe_load(render_rviz(template, topics))
+    shown = {d["Name"]: d["Topic"]["Value"]
+             for d in rendered["Visualization Manager"]["Displays"]}
+    assert shown == topics
+    with pytest.raises(ValueError, match="no display named"):
+        render_rviz(template, {"Depth": "/depth"})
 
-def test_launch_imports_with_launch_ros() -> None:
-    pytest.importorskip("launch_ros", reason="launch_ros is not installable here (no ROS 2 "
-                        "install; see ENVIRONMENT.md): runs on a machine with ROS 2")
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("ditta_launch", LAUNCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    description = module.generate_launch_description()
-    from launch.actions import DeclareLaunchArgument
+def test_docs_launch_table_is_current() -> None:
+    doc = (ROOT / "docs" / "node.md").read_text()
+    assert render_launch_table() in doc, "run python -m ditta_ros.ros.parameters --write"
 
-    names = {a.name for a in description.entities if isinstance(a, DeclareLaunchArgument)}
-    assert set(module.NODE_PARAMETERS) | set(module.OTHER_ARGUMENTS) | {"params_file"} == names
+
+def _ros2_launch_available() -> bool:
+    if shutil.which("ros2") is None:
+        return False
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        get_package_share_directory("ditta_ros")
+        import launch_ros  # noqa: F401
+    except Exception:  # noqa: BLE001 - any of the three missing: not a ROS install
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _ros2_launch_available(),
+                    reason="needs `ros2 launch` and an installed ditta_ros (a ROS 2 install)")
+def test_ros2_launch_applies_the_precedence_and_stops_cleanly(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "transport": "compressed", "classes": "cityscapes", "autostart": False}}}))
+    command = ["ros2", "launch", "ditta_ros", "ditta.launch.py", f"params_file:={mine}",
+               "classes:=ade20k", "use_rviz:=true"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    launch = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        got = subprocess.run(
+            [sys.executable, "-c", _PARAMETER_PROBE], env=env, capture_output=True, text=True,
+            timeout=60)
+        launch.send_signal(signal.SIGINT)
+        output, _ = launch.communicate(timeout=60)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.communicate()
+    assert got.returncode == 0, got.stderr
+    assert yaml.safe_load(got.stdout) == {"transport": "compressed", "classes": "ade20k",
+                                          "autostart": False, "model.device": "cpu"}
+    assert launch.returncode == 0, output[-3000:]
+    assert "ERROR" not in output, output[-3000:]
+
+
+_PARAMETER_PROBE = """
+import rclpy, yaml
+from rclpy.node import Node
+from rcl_interfaces.srv import GetParameters
+from rclpy.parameter import parameter_value_to_python
+rclpy.init()
+node = Node("launch_probe")
+client = node.create_client(GetParameters, "/ditta_node/get_parameters")
+assert client.wait_for_service(timeout_sec=30.0), "ditta_node never came up"
+names = ["transport", "classes", "autostart", "model.device"]
+future = client.call_async(GetParameters.Request(names=names))
+rclpy.spin_until_future_complete(node, future, timeout_sec=30.0)
+values = [parameter_value_to_python(v) for v in future.result().values]
+print(yaml.safe_dump(dict(zip(names, values))))
+"""

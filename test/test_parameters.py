@@ -14,6 +14,7 @@ from rclpy.node import Node
 from ditta_ros.config import DittaConfig, NodeConfig, settings_of
 from ditta_ros.errors import ConfigError
 from ditta_ros.ros import parameters as params
+from ditta_ros.ros.launch_arguments import LAUNCH_BEGIN, LAUNCH_END
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,11 +101,13 @@ def test_check_reports_a_stale_file(tmp_path: Path) -> None:
     (tmp_path / "config").mkdir()
     (tmp_path / "docs").mkdir()
     (tmp_path / "config" / "ditta.yaml").write_text("old\n")
-    (tmp_path / "docs" / "node.md").write_text(f"# x\n{params.DOC_BEGIN}\nold\n{params.DOC_END}\n")
+    (tmp_path / "docs" / "node.md").write_text(
+        f"# x\n{params.DOC_BEGIN}\nold\n{params.DOC_END}\n{LAUNCH_BEGIN}\nold\n{LAUNCH_END}\n")
     assert params.main(["--check", "--root", str(tmp_path)]) == 1
     assert params.main(["--write", "--root", str(tmp_path)]) == 0
     assert params.main(["--check", "--root", str(tmp_path)]) == 0
-    assert (tmp_path / "docs" / "node.md").read_text().startswith("# x\n")
+    written = (tmp_path / "docs" / "node.md").read_text()
+    assert written.startswith("# x\n") and "| `device` |" in written   # both tables
 
 
 def test_ros_parses_the_committed_yaml_for_any_node_name() -> None:

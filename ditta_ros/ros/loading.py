@@ -21,8 +21,8 @@ from rclpy.qos import (
 )
 
 from ditta_ros.config import DittaConfig, NodeConfig
-from ditta_ros.errors import ConfigError, DittaError
 from ditta_ros.engine.types import SessionStatus
+from ditta_ros.errors import ConfigError, DittaError
 
 StatusCallback = Callable[[SessionStatus], None]
 
@@ -65,8 +65,8 @@ def check_device(parameter: str, name: str) -> torch.device:
 def default_session_factory(config: DittaConfig, on_status: StatusCallback) -> LoadedSession:
     """The real thing: SegFormer + DiTTA head, the SAM2 teacher, a streaming Session."""
     from ditta_ros.engine.checkpoints import build_model
-    from ditta_ros.engine.session import Session
     from ditta_ros.engine.sam2_teacher import build_sam2_teacher
+    from ditta_ros.engine.session import Session
 
     try:
         model = build_model(config.model, window_radius=config.fusion.window_radius)

@@ -38,8 +38,8 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from ditta_ros.config import DittaConfig, NodeConfig
-from ditta_ros.errors import ConfigError, DittaError, InputError
 from ditta_ros.engine.types import Phase, SessionStatus
+from ditta_ros.errors import ConfigError, DittaError, InputError
 from ditta_ros.labels import ClassSet, colorize, load_classes
 from ditta_ros.msg import AdaptationStatus
 from ditta_ros.ros import outputs

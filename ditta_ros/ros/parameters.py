@@ -306,7 +306,8 @@ def repo_root() -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Write or check config/ditta.yaml and the docs/node.md table."""
+    """Write or check config/ditta.yaml and the docs/node.md tables (parameters, launch
+    arguments)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", action="store_true", help="rewrite both files")
@@ -314,8 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=repo_root(),
                         help="repository root (default: this source tree)")
     args = parser.parse_args(argv)
+    from ditta_ros.ros.launch_arguments import replace_launch_table
+
     yaml_path, doc_path = args.root / "config" / "ditta.yaml", args.root / "docs" / "node.md"
-    wanted = {yaml_path: render_yaml(), doc_path: replace_doc_table(doc_path.read_text())}
+    wanted = {yaml_path: render_yaml(),
+              doc_path: replace_launch_table(replace_doc_table(doc_path.read_text()))}
     stale = [p for p, text in wanted.items() if not p.exists() or p.read_text() != text]
     if args.check:
         for path in stale:
