@@ -186,7 +186,9 @@ class Harness:
         return next(m for m in status.snapshot()[after:] if m.phase_label == label)
 
     def phases(self) -> list[str]:
-        return [m.phase_label for m in self.topics["status"].snapshot()]
+        """Phases reported while the node lived (the finalized node reports "none")."""
+        return [m.phase_label for m in self.topics["status"].snapshot()
+                if m.lifecycle_label != "finalized"]
 
     def call(self, service: str, timeout: float = 10.0) -> Trigger.Response:
         return call_service(self.client, Trigger, f"/ditta_node/{service}", Trigger.Request(),

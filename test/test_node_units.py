@@ -63,7 +63,7 @@ def test_frame_stats_accounting_and_rates() -> None:
     stats = FrameStats(window=10, clock=clock)
     for i in range(5):
         clock.now = i * 0.1
-        stats.received(dropped_previous=False)
+        stats.received()
     stats.dropped()
     stats.rejected("truncated: x")
     stats.processed(0.010)
@@ -129,7 +129,7 @@ def test_status_message_maps_session_snapshot_and_counters() -> None:
                            num_objects=7, stage_seconds={"A": 1.0, "B": 2.0},
                            adaptations_done=1)
     stats = FrameStats()
-    stats.received(False)
+    stats.received()
     msg = outputs.status_message(Time(sec=5), "active", status, Source.ISS, stats.snapshot())
     assert (msg.phase, msg.phase_label) == (AdaptationStatus.PHASE_ADAPTING, "adapting")
     assert msg.lifecycle_state == AdaptationStatus.LIFECYCLE_ACTIVE and msg.serving == "iss"

@@ -9,8 +9,10 @@ parameter to fix.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import NamedTuple, Protocol
 
+import numpy as np
 import torch
 from rclpy.qos import (
     DurabilityPolicy,
@@ -21,16 +23,36 @@ from rclpy.qos import (
 )
 
 from ditta_ros.config import DittaConfig, NodeConfig
-from ditta_ros.engine.types import SessionStatus
+from ditta_ros.engine.types import Result, SessionStatus
 from ditta_ros.errors import ConfigError, DittaError
 
 StatusCallback = Callable[[SessionStatus], None]
 
 
+class StreamSession(Protocol):
+    """What the node needs of a session (``ditta_ros.engine.session.Session`` is one)."""
+
+    def push(self, frame: np.ndarray, with_reliability: bool = False) -> Result: ...
+
+    def restart_stream(self) -> None: ...
+
+    def request_adaptation(self) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def save_adaptation(self, path: Path | str) -> None: ...
+
+    def load_adaptation(self, path: Path | str) -> None: ...
+
+    def status(self) -> SessionStatus: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
+
+
 class LoadedSession(NamedTuple):
     """What configure loads: the engine session and the number of classes its model has."""
 
-    session: Any          # ditta_ros.engine.session.Session (or the same interface)
+    session: StreamSession
     num_classes: int
 
 

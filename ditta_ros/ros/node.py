@@ -14,6 +14,12 @@ Lifecycle (ros2/demos lifecycle_py style, one job per callback):
 Threads: the subscription callback only hands the message to a latest-frame-wins slot; one
 worker thread decodes, pushes and publishes; the session adapts in its own background
 thread; services run in a reentrant group, so they answer while the model runs.
+
+Logs: the node installs the one bridge that sends the engine's Python log records to its
+ROS logger (so they reach /rosout); each phase change is one INFO line, a failed adaptation
+one WARN line with the reason. Stopping: :func:`main` handles SIGINT and SIGTERM itself, so
+the shutdown transition (``on_shutdown``) runs while the ROS context is still valid, and the
+process exits with status 0 without an error line.
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ from diagnostic_msgs.msg import DiagnosticArray, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
@@ -49,14 +56,18 @@ from ditta_ros.ros.loading import (
     STATUS_QOS,
     LoadedSession,
     SessionFactory,
+    StreamSession,
     check_device,
     default_session_factory,
     input_qos,
     named,
     output_qos,
 )
+from ditta_ros.ros.log_bridge import install_bridge
 from ditta_ros.ros.parameters import build_configs, declare_parameters, read_values, spec_by_name
-from ditta_ros.ros.worker import FrameStats, LatestSlot, RateLimitedLog, Worker, reason_kind
+from ditta_ros.ros.process import StopRequest, run
+from ditta_ros.ros.stream_health import StreamHealth
+from ditta_ros.ros.worker import LatestSlot, Worker
 
 # Re-exported: tests and tools build sessions and factories through this module.
 __all__ = ["LATCHED_QOS", "DittaNode", "LoadedSession", "SessionFactory",
@@ -72,7 +83,7 @@ class DittaNode(LifecycleNode):
         self._factory = session_factory or default_session_factory
         self._lock = threading.RLock()           # guards the fields set in configure/cleanup
         self._lifecycle = "unconfigured"
-        self._session: Any = None
+        self._session: StreamSession | None = None
         self._num_classes = 0
         self._engine_cfg: DittaConfig | None = None
         self._node_cfg: NodeConfig | None = None
@@ -83,15 +94,10 @@ class DittaNode(LifecycleNode):
         self._subscription: Any = None
         self._worker: Worker[tuple[Any, float]] | None = None
         self._slot: LatestSlot[tuple[Any, float]] = LatestSlot()
-        self._stats = FrameStats()
-        self._log_limit = RateLimitedLog(period=5.0)
+        self._health = StreamHealth(log_period=5.0)
         self._last_phase: Phase | None = None
-        self._last_size: tuple[int, int] | None = None
-        self._resolution_changes = 0
-        self._last_stamp: tuple[int, int] | None = None
-        self._stamp_jumps_back = 0
-        self._rejected_at_last_report = 0
         self._phase_lock = threading.Lock()
+        self._remove_bridge = install_bridge(self.get_logger())
         self._last_error = ""                    # why the last configure failed
         self._param_problems = declare_parameters(self)
         self.add_on_set_parameters_callback(self._check_parameters)
@@ -172,6 +178,7 @@ class DittaNode(LifecycleNode):
         self._stop_input()
         self._unload()
         self._set_lifecycle("finalized")
+        self.get_logger().info("shut down: input stopped, session and models released")
         return super().on_shutdown(state)
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -185,6 +192,10 @@ class DittaNode(LifecycleNode):
         """Stop the input and free everything configure loaded, whatever the state."""
         self._stop_input()
         self._unload()
+
+    def destroy_node(self) -> None:
+        self._remove_bridge()
+        super().destroy_node()
 
     def autostart_if_requested(self) -> bool:
         """Configure and activate when the ``autostart`` parameter says so; True if active."""
@@ -226,9 +237,7 @@ class DittaNode(LifecycleNode):
             except DittaError as err:
                 raise named("adaptation_file", node_cfg.adaptation_file, err) from err
         self._create_outputs(node_cfg)
-        self._stats.reset()
-        self._last_size, self._resolution_changes = None, 0
-        self._last_stamp, self._stamp_jumps_back = None, 0
+        self._health.reset()
         self._last_phase = None
 
     def _create_outputs(self, node_cfg: NodeConfig) -> None:
@@ -291,7 +300,7 @@ class DittaNode(LifecycleNode):
             self.get_logger().error("the worker thread did not stop within 60 s")
         left = self._slot.clear()
         if left is not None:
-            self._stats.dropped()
+            self._health.stats.dropped()
 
     def _set_lifecycle(self, label: str) -> None:
         self._lifecycle = label
@@ -305,9 +314,9 @@ class DittaNode(LifecycleNode):
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         """Hand over only: never decode or run the model here."""
-        self._stats.received(dropped_previous=False)
+        self._health.stats.received()
         if self._slot.put((msg, time.monotonic())) is not None:
-            self._stats.dropped()
+            self._health.stats.dropped()
 
     def _process(self, item: tuple[Any, float]) -> None:
         msg, received = item
@@ -315,21 +324,32 @@ class DittaNode(LifecycleNode):
             session, node_cfg, classes = self._session, self._node_cfg, self._classes
             num_classes = self._num_classes
         if session is None or node_cfg is None or classes is None:
-            self._stats.dropped()
+            self._health.stats.dropped()
             return
+        header, health = msg.header, self._health
         try:
             decoded = (compressed_to_frame(msg) if isinstance(msg, CompressedImage)
                        else image_to_frame(msg))
-            self._note_size(decoded, msg.header.frame_id)
-            if self._note_stamp(msg.header):
+            height, width = decoded.frame.shape[:2]
+            self._warn(health.note_size(width, height, header.frame_id))
+            stamp = health.note_stamp(header.stamp.sec, header.stamp.nanosec, header.frame_id)
+            self._warn(stamp.warning)
+            if stamp.jumped_back:
                 session.restart_stream()     # never fuse with the frame before the jump
             result = session.push(decoded.frame, with_reliability=node_cfg.publish_confidence)
         except InputError as err:
-            self._reject(str(err), msg.header.frame_id)
+            line = health.rejected(str(err), header.frame_id)
+            if line is not None:
+                self._warn(line)
+                self.publish_status()        # as rate-limited as the log line
             return
-        self._stats.processed(result.inference_s)
-        self._publish_result(msg.header, decoded, result, node_cfg, classes, num_classes)
-        self._stats.published(time.monotonic() - received)
+        health.stats.processed(result.inference_s)
+        self._publish_result(header, decoded, result, node_cfg, classes, num_classes)
+        health.stats.published(time.monotonic() - received)
+
+    def _warn(self, line: str | None) -> None:
+        if line is not None:
+            self.get_logger().warning(line)
 
     def _publish_result(self, header: Any, decoded: Decoded, result: Any, node_cfg: NodeConfig,
                         classes: ClassSet, num_classes: int) -> None:
@@ -345,71 +365,27 @@ class DittaNode(LifecycleNode):
             pubs["confidence"].publish(outputs.confidence_image(
                 result.reliability, node_cfg.confidence_encoding, header))
 
-    def _note_size(self, decoded: Decoded, frame_id: str) -> None:
-        """Log a resolution change; the session restarts its warm-up or drops the add-on
-        cache (see engine/session.py), so the frame is still served."""
-        size = (int(decoded.frame.shape[1]), int(decoded.frame.shape[0]))
-        previous, self._last_size = self._last_size, size
-        if previous is None or previous == size:
-            return
-        self._resolution_changes += 1
-        suppressed = self._log_limit.check("resolution")
-        if suppressed is not None:
-            more = f" ({suppressed} more since the last report)" if suppressed else ""
-            self.get_logger().warning(
-                f"resolution changed from {previous[0]}x{previous[1]} to {size[0]}x{size[1]} "
-                f"(frame_id '{frame_id}'): a warm-up restarts, an adapted model drops its "
-                f"previous-frame cache{more}")
-
-    def _note_stamp(self, header: Header) -> bool:
-        """Log and count an input stamp older than the previous frame's (a bag that loops, a
-        camera or clock restarted); True then. Not an error: the frame is served as usual
-        (without the add-on: the previous frame belongs to another moment), its outputs keep
-        its stamp unchanged, and the adaptation stays (the scene did not necessarily change;
-        ~/adapt re-adapts on demand)."""
-        stamp = (int(header.stamp.sec), int(header.stamp.nanosec))
-        previous, self._last_stamp = self._last_stamp, stamp
-        if previous is None or stamp >= previous:
-            return False
-        self._stamp_jumps_back += 1
-        suppressed = self._log_limit.check("stamp")
-        if suppressed is not None:
-            back = (previous[0] - stamp[0]) + (previous[1] - stamp[1]) * 1e-9
-            more = f" ({suppressed} more since the last report)" if suppressed else ""
-            self.get_logger().warning(
-                f"input stamp went back by {back:.3f} s (frame_id '{header.frame_id}'; a "
-                "looping bag or a restarted camera?): served as usual without the add-on, "
-                f"outputs keep the input stamp, the adaptation stays{more}")
-        return True
-
-    def _reject(self, reason: str, frame_id: str) -> None:
-        self._stats.rejected(reason)
-        suppressed = self._log_limit.check(reason_kind(reason))
-        if suppressed is not None:
-            more = f" ({suppressed} more like it since the last report)" if suppressed else ""
-            total = self._stats.snapshot().rejected
-            self.get_logger().warning(f"rejected frame (frame_id '{frame_id}', {total} rejected "
-                                      f"so far): {reason}{more}")
-            self.publish_status()  # as rate-limited as the log line
-
     def _worker_error(self, err: BaseException) -> None:
-        reason = f"internal error: {type(err).__name__}: {err}"
-        self._stats.rejected(reason)
-        suppressed = self._log_limit.check(f"internal error {type(err).__name__}")
-        if suppressed is not None:  # rate-limited like rejections: a bad stream must not flood
-            more = f" ({suppressed} more like it since the last report)" if suppressed else ""
-            self.get_logger().error(f"frame processing failed: {reason}{more}")
+        line = self._health.internal_error(err)
+        if line is not None:  # rate-limited like rejections: a bad stream must not flood
+            self.get_logger().error(line)
 
     # ------------------------------------------------------------------ status
 
     def _on_session_status(self, status: SessionStatus) -> None:
-        """Publish every phase change, from the session's own snapshot (the session calls
-        this in order, once per change), so no phase is skipped however short."""
+        """Publish and log every phase change, from the session's own snapshot (the session
+        calls this in order, once per change), so no phase is skipped however short."""
         with self._phase_lock:
             if status.phase is self._last_phase:
                 return
-            self._last_phase = status.phase
+            previous, self._last_phase = self._last_phase, status.phase
             self.publish_status(status=status)
+            change = (f"phase {previous.value if previous else 'none'} -> "
+                      f"{status.phase.value}: {status.message}")
+            if status.phase is Phase.FAILED:
+                self.get_logger().warning(change)
+            else:
+                self.get_logger().info(change)
 
     def status_message(self, message: str = "", status: SessionStatus | None = None
                        ) -> AdaptationStatus:
@@ -423,28 +399,25 @@ class DittaNode(LifecycleNode):
             message = self._last_error
         stamp = self.get_clock().now().to_msg()
         return outputs.status_message(stamp, self._lifecycle, status, serving,
-                                      self._stats.snapshot(), message)
+                                      self._health.counts(), message)
 
     def publish_status(self, message: str = "", status: SessionStatus | None = None) -> None:
         self._status_pub.publish(self.status_message(message, status))
 
     def publish_diagnostics(self) -> None:
-        counts = self._stats.snapshot()
-        recent = counts.rejected > self._rejected_at_last_report
-        self._rejected_at_last_report = counts.rejected
+        health = self._health
+        recent = health.rejected_since_last_report()
         array = outputs.diagnostics_message(self.get_clock().now().to_msg(),
                                             self.get_fully_qualified_name(),
-                                            self.status_message(), counts, recent)
-        array.status[0].values.append(KeyValue(
-            key="resolution_changes", value=str(self._resolution_changes)))
-        array.status[0].values.append(KeyValue(
-            key="stamp_jumps_back", value=str(self._stamp_jumps_back)))
+                                            self.status_message(), health.counts(), recent)
+        array.status[0].values.extend(KeyValue(key=k, value=v)
+                                      for k, v in health.diagnostic_values())
         self._diag_pub.publish(array)
 
     # ------------------------------------------------------------------ services
 
     def _with_session(self, response: Trigger.Response,
-                      action: Callable[[Any], str]) -> Trigger.Response:
+                      action: Callable[[StreamSession], str]) -> Trigger.Response:
         with self._lock:
             session = self._session
         if session is None:
@@ -463,14 +436,14 @@ class DittaNode(LifecycleNode):
 
     def _srv_adapt(self, request: Trigger.Request, response: Trigger.Response
                    ) -> Trigger.Response:
-        def run(session: Any) -> str:
+        def run(session: StreamSession) -> str:
             session.request_adaptation()
             return "adaptation requested: collecting a new warm-up"
         return self._with_session(response, run)
 
     def _srv_reset(self, request: Trigger.Request, response: Trigger.Response
                    ) -> Trigger.Response:
-        def run(session: Any) -> str:
+        def run(session: StreamSession) -> str:
             session.reset()
             return "reset: serving the base model, warm-up restarted"
         return self._with_session(response, run)
@@ -485,7 +458,7 @@ class DittaNode(LifecycleNode):
 
     def _srv_save(self, request: Trigger.Request, response: Trigger.Response
                   ) -> Trigger.Response:
-        def run(session: Any) -> str:
+        def run(session: StreamSession) -> str:
             path = self._adaptation_path()
             session.save_adaptation(path)
             return f"adaptation saved to {path}"
@@ -493,7 +466,7 @@ class DittaNode(LifecycleNode):
 
     def _srv_load(self, request: Trigger.Request, response: Trigger.Response
                   ) -> Trigger.Response:
-        def run(session: Any) -> str:
+        def run(session: StreamSession) -> str:
             path = self._adaptation_path()
             session.load_adaptation(path)
             return f"adaptation loaded from {path}"
@@ -541,34 +514,18 @@ class DittaNode(LifecycleNode):
         self.get_logger().info(f"parameters applied: {names}")
 
 
-def run(node: DittaNode, executor: MultiThreadedExecutor) -> None:
-    """Spin until shutdown, then finalize the node cleanly."""
-    executor.add_node(node)
-    try:
-        node.autostart_if_requested()   # inside: Ctrl-C may arrive while models load
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node.lifecycle_label != "finalized":
-            try:
-                node.trigger_shutdown()
-            except Exception as err:  # noqa: BLE001 - rclpy raises RCLError, not a return
-                # Ctrl-C cut a transition short (e.g. autostart's activate): the state
-                # machine is mid-transition and refuses shutdown; release() below frees all.
-                node.get_logger().info(f"shutdown transition not possible ({err}): "
-                                       "releasing directly")
-        node.release()
-        executor.shutdown(timeout_sec=5.0)
-        node.destroy_node()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``ditta_node`` (ros2 run ditta_ros ditta_node --ros-args ...)."""
-    rclpy.init(args=list(argv) if argv is not None else None)
+    """Entry point of ``ditta_node`` (ros2 run ditta_ros ditta_node --ros-args ...): exit
+    status 0 after SIGINT or SIGTERM, with the shutdown transition run (see process.py)."""
+    stop = StopRequest()
+    stop.install()
+    rclpy.init(args=list(argv) if argv is not None else None,
+               signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = DittaNode()
-        run(node, MultiThreadedExecutor())
+        run(node, MultiThreadedExecutor(), stop)
+    except KeyboardInterrupt:
+        pass                            # a signal before the node existed: nothing to free
     finally:
         rclpy.try_shutdown()
     return 0

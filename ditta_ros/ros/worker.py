@@ -75,8 +75,6 @@ class Worker(Generic[T]):
                  on_error: Callable[[BaseException], None], name: str = "ditta_worker") -> None:
         self._slot, self._handle, self._on_error = slot, handle, on_error
         self._stop = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -88,13 +86,10 @@ class Worker(Generic[T]):
             item = self._slot.take(timeout=0.5)
             if item is None:
                 continue
-            self._idle.clear()
             try:
                 self._handle(item)
             except Exception as err:  # noqa: BLE001 - reported, the loop must survive
                 self._on_error(err)
-            finally:
-                self._idle.set()
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop after the current item; True when the thread has ended within ``timeout``."""
@@ -103,9 +98,6 @@ class Worker(Generic[T]):
         if self._thread.is_alive():
             self._thread.join(timeout)
         return not self._thread.is_alive()
-
-    def wait_idle(self, timeout: float) -> bool:
-        return self._idle.wait(timeout)
 
 
 @dataclass(frozen=True)
@@ -141,10 +133,9 @@ class FrameStats:
             self._in_times: deque[float] = deque(maxlen=self._window)
             self._out_times: deque[float] = deque(maxlen=self._window)
 
-    def received(self, dropped_previous: bool) -> None:
+    def received(self) -> None:
         with self._lock:
             self._received += 1
-            self._dropped += int(dropped_previous)
             self._in_times.append(self._clock())
 
     def processed(self, inference_s: float) -> None:
