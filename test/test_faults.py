@@ -199,3 +199,29 @@ def test_ctrl_c_during_autostart_activation_exits_cleanly() -> None:
         node = InterruptedNode(session_factory=faulty_factory(teacher), context=context)
         run(node, MultiThreadedExecutor(context=context))   # returns: no exception escapes
         assert node._session is None and node._worker is None and not node._out_pubs
+
+
+def test_a_failed_adaptation_is_one_warn_line_in_rosout_without_traceback(capfd: Any) -> None:
+    """An expected failure (stage C refuses the targets: an InputError) is one WARN line with
+    the reason, on /rosout too; its traceback only at DEBUG (not shown by default). Every
+    phase change is one INFO line."""
+    from fixtures_node import RELIABLE, Collector
+    from rcl_interfaces.msg import Log
+
+    video = make_video()
+    teacher = FaultyTeacher(OracleTeacher([video], 60))
+    teacher.faults.append(classes_out_of_range)
+    with harness(FAST_PARAMS, faulty_factory(teacher), video) as h:
+        rosout = Collector()
+        h.client.create_subscription(Log, "/rosout", rosout, RELIABLE)
+        h.feed(range(3))
+        h.wait_phase("failed")
+        assert rosout.wait_for(lambda items: any(
+            m.name == "ditta_node" and m.level == Log.WARN
+            and "phase ADAPTING -> FAILED: adaptation failed: InputError" in m.msg
+            for m in items), 10.0)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if "ditta_node" in line]
+    assert sum("-> FAILED" in line for line in lines) == 1
+    assert any("[INFO]" in line and "phase WARMUP -> ADAPTING" in line for line in lines)
+    assert "Traceback" not in err and "[ERROR]" not in err

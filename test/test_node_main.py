@@ -1,5 +1,7 @@
 """The ditta_node executable as a user starts it: a separate process, autostart, real DDS,
-the real loading path (tiny SegFormer, random SAM2 Hiera-T), clean exit on Ctrl-C."""
+the real loading path (tiny SegFormer, random SAM2 Hiera-T), a clean exit on Ctrl-C (SIGINT)
+and on SIGTERM (what ros2 launch sends after SIGINT, and what a supervisor sends): the
+shutdown transition runs (its log line is out), no ERROR line, exit status 0."""
 
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def test_executable_autostarts_serves_status_and_exits_cleanly_on_sigint() -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_executable_autostarts_serves_status_and_exits_cleanly_on_a_signal(
+        stop: signal.Signals) -> None:
     params = {**TINY_PARAMS, **SAM2_PARAMS, "autostart": True, "status_rate": 2.0}
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     with ros_context() as context:
@@ -41,7 +45,7 @@ def test_executable_autostarts_serves_status_and_exits_cleanly_on_sigint() -> No
             try:
                 active = status.wait_for(
                     lambda items: any(m.lifecycle_label == "active" for m in items), 120.0)
-                process.send_signal(signal.SIGINT)
+                process.send_signal(stop)
                 output, _ = process.communicate(timeout=60)
             finally:
                 if process.poll() is None:
@@ -52,5 +56,7 @@ def test_executable_autostarts_serves_status_and_exits_cleanly_on_sigint() -> No
     assert process.returncode == 0, output[-3000:]
     assert "active: listening on /image" in output
     assert "Traceback" not in output
+    assert "ERROR" not in output and "Failed to publish" not in output, output[-3000:]
+    assert "shut down: input stopped, session and models released" in output  # on_shutdown
     phases = {m.phase_label for m in status.snapshot() if m.lifecycle_label == "active"}
     assert phases == {"warmup"}

@@ -127,7 +127,8 @@ def test_status_message_maps_session_snapshot_and_counters() -> None:
     status = SessionStatus(phase=Phase.ADAPTING, message="adapting", warmup_collected=0,
                            warmup_target=30, steps_done=5, steps_total=10, last_losses=losses,
                            num_objects=7, stage_seconds={"A": 1.0, "B": 2.0},
-                           adaptations_done=1)
+                           adaptations_done=1, stage="C",
+                           superseded_error="a superseded adaptation failed: boom")
     stats = FrameStats()
     stats.received()
     msg = outputs.status_message(Time(sec=5), "active", status, Source.ISS, stats.snapshot())
@@ -137,6 +138,7 @@ def test_status_message_maps_session_snapshot_and_counters() -> None:
     assert msg.loss_distill == 1.5 and math.isnan(msg.loss_distill_addon)
     assert msg.stage_b_seconds == 2.0 and math.isnan(msg.stage_c_seconds)
     assert msg.frames_received == 1 and msg.header.stamp.sec == 5
+    assert msg.stage == "C" and msg.superseded_error.endswith("boom")
     none = outputs.status_message(Time(), "unconfigured", None, None, stats.snapshot())
     assert (none.phase_label, none.serving, none.message) == ("none", "none", "not configured")
 

@@ -116,6 +116,8 @@ def status_message(stamp: Time, lifecycle: str, status: SessionStatus | None,
         msg.adaptation_progress = (float(status.steps_done) / status.steps_total
                                    if status.steps_total else 0.0)
         msg.adaptations_completed = int(status.adaptations_done)
+        msg.stage = status.stage
+        msg.superseded_error = status.superseded_error
         losses = status.last_losses
         msg.loss_distill = _nan_if_none(losses.distill if losses else None)
         msg.loss_distill_addon = _nan_if_none(losses.distill_addon if losses else None)
