@@ -53,7 +53,6 @@ import copy
 import logging
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, NamedTuple
 
@@ -64,6 +63,7 @@ from ditta_ros.config import DittaConfig
 from ditta_ros.engine import checkpoints
 from ditta_ros.engine.fusion import StreamPredictor
 from ditta_ros.engine.preprocess import check_frame
+from ditta_ros.engine.status_relay import StatusRelay
 from ditta_ros.engine.types import (
     Phase,
     Result,
@@ -106,14 +106,12 @@ class Session:
         self._teacher = teacher
         self._config = config
         self._device = torch.device(config.model.device)
-        self._on_status = on_status
         self._iss = StreamPredictor(model, config.model, config.fusion, self._device,
                                     use_addon=False)
         self._lock = threading.Lock()            # guards every field below
         self._cond = threading.Condition(self._lock)
         self._push_lock = threading.Lock()       # one push at a time (predictor caches)
-        self._emit_lock = threading.Lock()       # one deliverer of on_status at a time
-        self._pending: deque[SessionStatus] = deque()
+        self._relay = StatusRelay(on_status, self._lock)
         self._phase = Phase.WARMUP
         self._message = "collecting warm-up frames"
         self._serving = self._iss
@@ -451,36 +449,7 @@ class Session:
         self._notify_locked()
 
     def _notify_locked(self) -> None:
-        if self._on_status is not None:
-            self._pending.append(self._snapshot_locked())
+        self._relay.queue_locked(self._snapshot_locked)
 
     def _flush(self) -> None:
-        """Deliver queued statuses in the order they happened, outside the state lock, from
-        one thread at a time. A thread that finds another delivering leaves its statuses to
-        it (so a callback may call back into the session without deadlock); the deliverer
-        looks again after letting go, so no status is left behind."""
-        if self._on_status is None:
-            return
-        while True:
-            if not self._emit_lock.acquire(blocking=False):
-                return                           # the thread delivering takes ours too
-            try:
-                self._deliver()
-            finally:
-                self._emit_lock.release()
-            with self._lock:
-                if not self._pending:
-                    return
-
-    def _deliver(self) -> None:
-        callback = self._on_status
-        while callback is not None:
-            with self._lock:
-                if not self._pending:
-                    return
-                status = self._pending.popleft()
-            try:
-                callback(status)
-            except Exception:  # noqa: BLE001 - a callback must not break the stream
-                logger.exception("on_status callback raised; status %s dropped",
-                                 status.phase.value)
+        self._relay.flush()

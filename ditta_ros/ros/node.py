@@ -24,6 +24,7 @@ process exits with status 0 without an error line.
 
 from __future__ import annotations
 
+import functools
 import gc
 import threading
 import time
@@ -47,10 +48,10 @@ from std_srvs.srv import Trigger
 from ditta_ros.config import DittaConfig, NodeConfig
 from ditta_ros.engine.types import Phase, SessionStatus
 from ditta_ros.errors import ConfigError, DittaError, InputError
-from ditta_ros.labels import ClassSet, colorize, load_classes
+from ditta_ros.labels import ClassSet, load_classes
 from ditta_ros.msg import AdaptationStatus
 from ditta_ros.ros import outputs
-from ditta_ros.ros.image import Decoded, compressed_to_frame, image_to_frame
+from ditta_ros.ros.image import compressed_to_frame, image_to_frame
 from ditta_ros.ros.loading import (
     LATCHED_QOS,
     STATUS_QOS,
@@ -64,7 +65,13 @@ from ditta_ros.ros.loading import (
     output_qos,
 )
 from ditta_ros.ros.log_bridge import install_bridge
-from ditta_ros.ros.parameters import build_configs, declare_parameters, read_values, spec_by_name
+from ditta_ros.ros.parameters import (
+    build_configs,
+    declare_parameters,
+    read_values,
+    refusal,
+    spec_by_name,
+)
 from ditta_ros.ros.process import StopRequest, run
 from ditta_ros.ros.stream_health import StreamHealth
 from ditta_ros.ros.worker import LatestSlot, Worker
@@ -107,10 +114,9 @@ class DittaNode(LifecycleNode):
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._status_pub = self.create_publisher(AdaptationStatus, "~/status", STATUS_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        for name, handler in (("~/adapt", self._srv_adapt), ("~/reset", self._srv_reset),
-                              ("~/save_adaptation", self._srv_save),
-                              ("~/load_adaptation", self._srv_load)):
-            self.create_service(Trigger, name, handler, callback_group=self._service_group)
+        for name, action in SERVICES.items():
+            self.create_service(Trigger, f"~/{name}", functools.partial(self._serve, action),
+                                callback_group=self._service_group)
         self.publish_status()
 
     # ------------------------------------------------------------------ lifecycle
@@ -344,26 +350,14 @@ class DittaNode(LifecycleNode):
                 self.publish_status()        # as rate-limited as the log line
             return
         health.stats.processed(result.inference_s)
-        self._publish_result(header, decoded, result, node_cfg, classes, num_classes)
+        for name, image in outputs.result_images(decoded.frame, result, header, node_cfg,
+                                                 classes.palette, num_classes):
+            self._out_pubs[name].publish(image)
         health.stats.published(time.monotonic() - received)
 
     def _warn(self, line: str | None) -> None:
         if line is not None:
             self.get_logger().warning(line)
-
-    def _publish_result(self, header: Any, decoded: Decoded, result: Any, node_cfg: NodeConfig,
-                        classes: ClassSet, num_classes: int) -> None:
-        pubs = self._out_pubs
-        pubs["labels"].publish(outputs.label_image(result.labels, num_classes, header))
-        colours = colorize(result.labels, classes.palette)               # (H, W, 3) RGB
-        pubs["labels_color"].publish(outputs.colour_image(colours, node_cfg.color_encoding,
-                                                          header))
-        if node_cfg.publish_overlay:
-            pubs["overlay"].publish(outputs.overlay_image(
-                decoded.frame, colours, node_cfg.overlay_alpha, node_cfg.color_encoding, header))
-        if node_cfg.publish_confidence and result.reliability is not None:
-            pubs["confidence"].publish(outputs.confidence_image(
-                result.reliability, node_cfg.confidence_encoding, header))
 
     def _worker_error(self, err: BaseException) -> None:
         line = self._health.internal_error(err)
@@ -416,8 +410,8 @@ class DittaNode(LifecycleNode):
 
     # ------------------------------------------------------------------ services
 
-    def _with_session(self, response: Trigger.Response,
-                      action: Callable[[StreamSession], str]) -> Trigger.Response:
+    def _serve(self, action: Callable[[DittaNode, StreamSession], str],
+               request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._lock:
             session = self._session
         if session is None:
@@ -426,7 +420,7 @@ class DittaNode(LifecycleNode):
                                 "(lifecycle transition 'configure')")
             return response
         try:
-            response.message = action(session)
+            response.message = action(self, session)
             response.success = True
         except DittaError as err:
             response.success, response.message = False, str(err)
@@ -434,21 +428,7 @@ class DittaNode(LifecycleNode):
         self.publish_status()
         return response
 
-    def _srv_adapt(self, request: Trigger.Request, response: Trigger.Response
-                   ) -> Trigger.Response:
-        def run(session: StreamSession) -> str:
-            session.request_adaptation()
-            return "adaptation requested: collecting a new warm-up"
-        return self._with_session(response, run)
-
-    def _srv_reset(self, request: Trigger.Request, response: Trigger.Response
-                   ) -> Trigger.Response:
-        def run(session: StreamSession) -> str:
-            session.reset()
-            return "reset: serving the base model, warm-up restarted"
-        return self._with_session(response, run)
-
-    def _adaptation_path(self) -> str:
+    def adaptation_path(self) -> str:
         path = str(self.get_parameter("adaptation_file").value)
         if not path:
             raise ConfigError("parameter 'adaptation_file' is empty: set it to the file to "
@@ -456,45 +436,15 @@ class DittaNode(LifecycleNode):
                               "/tmp/ditta_adaptation.pt")
         return path
 
-    def _srv_save(self, request: Trigger.Request, response: Trigger.Response
-                  ) -> Trigger.Response:
-        def run(session: StreamSession) -> str:
-            path = self._adaptation_path()
-            session.save_adaptation(path)
-            return f"adaptation saved to {path}"
-        return self._with_session(response, run)
-
-    def _srv_load(self, request: Trigger.Request, response: Trigger.Response
-                  ) -> Trigger.Response:
-        def run(session: StreamSession) -> str:
-            path = self._adaptation_path()
-            session.load_adaptation(path)
-            return f"adaptation loaded from {path}"
-        return self._with_session(response, run)
-
     # ------------------------------------------------------------------ parameters
 
     def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Refuse configure-time settings while configured, and invalid values always."""
-        specs = spec_by_name()
-        configured = self._lifecycle in ("inactive", "active")
-        for param in params:
-            spec = specs.get(param.name)
-            if spec is not None and configured and not spec.live:
-                return SetParametersResult(
-                    successful=False,
-                    reason=f"'{param.name}' is applied at configure: deactivate and clean up "
-                           "the node, set it, then configure again")
-        values = read_values(self) if self._all_declared() else {}
-        values.update({p.name: p.value for p in params if p.name in specs})
-        try:
-            build_configs({k: v for k, v in values.items() if k in specs})
-        except ConfigError as err:
-            return SetParametersResult(successful=False, reason=str(err))
-        return SetParametersResult(successful=True)
-
-    def _all_declared(self) -> bool:
-        return all(self.has_parameter(name) for name in spec_by_name())
+        declared = all(self.has_parameter(name) for name in spec_by_name())
+        reason = refusal({p.name: p.value for p in params},
+                         read_values(self) if declared else {},
+                         configured=self._lifecycle in ("inactive", "active"))
+        return SetParametersResult(successful=reason is None, reason=reason or "")
 
     def _apply_parameters(self, params: list[Parameter]) -> None:
         """Live node settings take effect at once; a bad start-up value, once replaced, no
@@ -512,6 +462,33 @@ class DittaNode(LifecycleNode):
             self._restart_timers(node_cfg)
         names = ", ".join(p.name for p in params)
         self.get_logger().info(f"parameters applied: {names}")
+
+
+def _adapt(node: DittaNode, session: StreamSession) -> str:
+    session.request_adaptation()
+    return "adaptation requested: collecting a new warm-up"
+
+
+def _reset(node: DittaNode, session: StreamSession) -> str:
+    session.reset()
+    return "reset: serving the base model, warm-up restarted"
+
+
+def _save(node: DittaNode, session: StreamSession) -> str:
+    path = node.adaptation_path()
+    session.save_adaptation(path)
+    return f"adaptation saved to {path}"
+
+
+def _load(node: DittaNode, session: StreamSession) -> str:
+    path = node.adaptation_path()
+    session.load_adaptation(path)
+    return f"adaptation loaded from {path}"
+
+
+# ~/<name> (std_srvs/Trigger) -> what it does with the session; the reply's message
+SERVICES: dict[str, Callable[[DittaNode, StreamSession], str]] = {
+    "adapt": _adapt, "reset": _reset, "save_adaptation": _save, "load_adaptation": _load}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

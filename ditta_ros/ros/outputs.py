@@ -7,7 +7,7 @@ semantic segmentation layer and message filters match on exact time) and the cam
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cv2
@@ -17,7 +17,9 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from ditta_ros.engine.types import Phase, SessionStatus, Source
+from ditta_ros.config import NodeConfig
+from ditta_ros.engine.types import Phase, Result, SessionStatus, Source
+from ditta_ros.labels import colorize
 from ditta_ros.msg import AdaptationStatus
 from ditta_ros.ros.image import array_to_image
 from ditta_ros.ros.worker import FrameCounts
@@ -78,6 +80,21 @@ def confidence_image(reliability: np.ndarray, encoding: str, header: Header) -> 
     if encoding == "32FC1":
         return array_to_image(r, "32FC1", header)
     return array_to_image(np.round(r * 255.0).astype(np.uint8), "mono8", header)
+
+
+def result_images(frame_bgr: np.ndarray, result: Result, header: Header, node: NodeConfig,
+                  palette: np.ndarray, num_classes: int) -> Iterator[tuple[str, Image]]:
+    """(output name, image) for one served frame, in publishing order, the label image
+    first; the colour work runs only as the next image is asked for."""
+    yield "labels", label_image(result.labels, num_classes, header)
+    colours = colorize(result.labels, palette)                      # (H, W, 3) RGB
+    yield "labels_color", colour_image(colours, node.color_encoding, header)
+    if node.publish_overlay:
+        yield "overlay", overlay_image(frame_bgr, colours, node.overlay_alpha,
+                                       node.color_encoding, header)
+    if node.publish_confidence and result.reliability is not None:
+        yield "confidence", confidence_image(result.reliability, node.confidence_encoding,
+                                             header)
 
 
 def label_info(names: Sequence[str], header: Header, threshold: float = 0.0) -> Any:

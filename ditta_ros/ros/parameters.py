@@ -196,6 +196,25 @@ def build_configs(values: Mapping[str, Any]) -> tuple[DittaConfig, NodeConfig]:
     return engine, sections[""]
 
 
+def refusal(changes: Mapping[str, Any], current: Mapping[str, Any],
+            configured: bool) -> str | None:
+    """Why a parameter change must be refused, or None. A configure-time setting cannot
+    change while the node is configured; every change must leave valid configs.
+    ``current``: every parameter's value now (empty while they are being declared)."""
+    specs = spec_by_name()
+    for name in changes:
+        spec = specs.get(name)
+        if spec is not None and configured and not spec.live:
+            return (f"'{name}' is applied at configure: deactivate and clean up the node, "
+                    "set it, then configure again")
+    values = {k: v for k, v in {**current, **changes}.items() if k in specs}
+    try:
+        build_configs(values)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
