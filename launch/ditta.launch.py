@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
+import yaml
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.launch_context import LaunchContext
@@ -51,10 +53,21 @@ def _node(context: LaunchContext) -> list[launch.Action]:
         namespace=values["namespace"],
         output="screen",
         emulate_tty=True,
-        parameters=node_parameters(values),
+        parameters=[_as_file(entry) for entry in node_parameters(values)],
         remappings=[("image", image), ("image/compressed", f"{image}/compressed")],
     )
     return [node, *_viewer(values)]
+
+
+def _as_file(entry: str | dict[str, Any]) -> str:
+    """A parameter-file document written to a file of its own (launch_ros would rewrite a
+    dict under the node's name; the keys chosen in launch_arguments.py matter)."""
+    if isinstance(entry, str):
+        return entry
+    with tempfile.NamedTemporaryFile("w", prefix="ditta_params_", suffix=".yaml",
+                                     delete=False, encoding="utf-8") as out:
+        yaml.safe_dump(entry, out)
+    return out.name
 
 
 def _viewer(values: dict[str, str]) -> list[launch.Action]:

@@ -339,7 +339,7 @@ def test_import_from_source_without_build(tmp_path: Path) -> None:
 def test_import_installed_package(tmp_path: Path) -> None:
     prefix = install_prefix()
     code = (
-        "import ditta_ros, ditta_ros.config, ditta_ros.errors, ditta_ros.synthetic\n"
+        "import ditta_ros, ditta_ros.config, ditta_ros.engine.errors, ditta_ros.synthetic\n"
         "from ditta_ros.msg import AdaptationStatus\n"
         "import vision_msgs.msg\n"
         "print(ditta_ros.__file__)\n"

@@ -66,35 +66,43 @@ def test_typed_values_and_unparsable_text_passes_through() -> None:
 
 def test_an_argument_reaches_the_node_only_when_given() -> None:
     values = {a.name: a.default for a in launch_arguments()}
-    assert node_parameters(values) == [LAUNCH_DEFAULTS]
-    values.update(params_file="/tmp/mine.yaml", device="cuda", autostart="false")
-    assert node_parameters(values) == [
-        LAUNCH_DEFAULTS, "/tmp/mine.yaml", {"model.device": "cuda", "autostart": False}]
+    defaults = {"/**": {"ros__parameters": LAUNCH_DEFAULTS}}
+    assert node_parameters(values) == [defaults]
+    values.update(params_file="/tmp/mine.yaml", device="cuda", autostart="false",
+                  namespace="robot1")
+    given = {"ros__parameters": {"model.device": "cuda", "autostart": False}}
+    assert node_parameters(values) == [defaults, "/tmp/mine.yaml",
+                                       {"/**": given, "/robot1/ditta_node": given}]
 
 
 def _as_ros_args(entries: list[Any], folder: Path) -> list[str]:
-    """What launch_ros does with a ``parameters=`` list: every entry becomes a
-    ``--params-file``, a dict written to a file for every node ('/**'), in list order."""
+    """What the launch file hands the node: every entry a ``--params-file``, in order (a
+    document written to a file first)."""
     args = ["--ros-args"]
     for i, entry in enumerate(entries):
         if isinstance(entry, dict):
             path = folder / f"launch_params_{i}.yaml"
-            path.write_text(yaml.safe_dump({"/**": {"ros__parameters": entry}}))
+            path.write_text(yaml.safe_dump(entry))
             entry = str(path)
         args += ["--params-file", str(entry)]
     return args
 
 
-def test_precedence_node_default_then_params_file_then_launch_argument(tmp_path: Path
-                                                                       ) -> None:
+@pytest.mark.parametrize("key", ["/**", "/ditta_node", "both"])
+def test_precedence_node_default_then_params_file_then_launch_argument(tmp_path: Path,
+                                                                       key: str) -> None:
+    """Whatever node key the user's file uses (rcl orders entries by node key, not only by
+    file: see launch_arguments.py), its values beat the launch defaults and lose to the
+    arguments given."""
     mine = tmp_path / "mine.yaml"
-    mine.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+    keys = ["/**", "/ditta_node"] if key == "both" else [key]
+    mine.write_text(yaml.safe_dump({k: {"ros__parameters": {
         "transport": "compressed",                          # file only
         "classes": "cityscapes",                            # file, then argument
         "autostart": False,                                 # file beats launch's default
         "model": {"checkpoint": "/models/segformer.pt"},    # file only, nested form
         "teacher": {"sam2_config": "configs/sam2.1/sam2.1_hiera_t.yaml"},
-    }}}))
+    }} for k in keys}))
     values = {a.name: a.default for a in launch_arguments()}
     values.update(params_file=str(mine), classes="ade20k", sam2_checkpoint="/models/s.pt")
     args = _as_ros_args(node_parameters(values), tmp_path)

@@ -10,7 +10,16 @@ are tested without ``launch`` or ``launch_ros``:
 - Precedence, lowest first: the node's declared default (config.py), then
   :data:`LAUNCH_DEFAULTS` (what launching means: ``autostart`` true), then ``params_file``,
   then the arguments given on the command line. :func:`node_parameters` returns the
-  ``parameters=`` list in that order (later entries win, as ``--params-file`` files do).
+  ``parameters=`` list in that order, as whole parameter-file documents.
+
+  Why whole documents, and why these keys: rcl merges all parameter files into one map
+  keyed by node name, in the order each name first appears, and a node applies the matching
+  entries in that order ('/**' and its own name), the last one winning. File order alone
+  therefore does not decide: a user's file keyed '/**' would beat launch arguments keyed
+  with the node's name if that name appeared first. So the launch defaults come first under
+  '/**' only (a user's '/**' entry overwrites them, a user's node-name entry comes later and
+  wins), and the given arguments come last under both '/**' and the node's name (they
+  overwrite either entry, and the node-name entry is applied last).
 - RViz shows the topics of this launch (image remapping, namespace, node name):
   :func:`render_rviz` writes config/ditta.rviz with them substituted.
 
@@ -107,17 +116,19 @@ def typed_value(parameter: str, text: str) -> ParameterValue:
 
 
 def node_parameters(values: Mapping[str, str]) -> list[str | dict[str, Any]]:
-    """The ``parameters=`` list of the node, lowest precedence first, from the launch
-    configurations ``values`` (argument name -> string as given or defaulted)."""
+    """The node's parameter files, lowest precedence first, from the launch configurations
+    ``values`` (argument name -> string as given or defaulted): the user's params_file as
+    its path, the others as parameter-file documents (dicts) to write to files in order."""
     given = {parameter: typed_value(parameter, values[name])
              for name, parameter in NODE_ARGUMENTS.items()
              if values.get(name, NOT_GIVEN) != NOT_GIVEN}
-    result: list[str | dict[str, Any]] = [dict(LAUNCH_DEFAULTS)]
+    node = resolve_topic(values.get("node_name", "ditta_node"), values.get("namespace", ""))
+    result: list[str | dict[str, Any]] = [{"/**": {"ros__parameters": dict(LAUNCH_DEFAULTS)}}]
     params_file = values.get("params_file", "")
     if params_file:
         result.append(params_file)
     if given:
-        result.append(given)
+        result.append({key: {"ros__parameters": dict(given)} for key in ("/**", node)})
     return result
 
 

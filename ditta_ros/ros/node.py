@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -505,6 +508,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass                            # a signal before the node existed: nothing to free
     finally:
         rclpy.try_shutdown()
+    if stop.event.is_set():
+        # Stopped by a signal with everything released: leave now. The interpreter's own
+        # teardown of torch, transformers and sam2 takes seconds on a loaded machine, and
+        # ros2 launch escalates to SIGTERM 5 s after its SIGINT.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
