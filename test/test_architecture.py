@@ -104,3 +104,14 @@ def test_a_public_engine_name_means_one_thing_whatever_was_imported_first() -> N
         assert not isinstance(value, types.ModuleType), name
     from ditta_ros.engine import adapt
     assert isinstance(adapt, types.ModuleType) and callable(adapt.adapt)
+
+
+def test_config_and_labels_import_the_errors_leaf_without_the_engine() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, ditta_ros.config, ditta_ros.labels\n"
+            "print(sorted(m for m in sys.modules if m.startswith('ditta_ros.engine')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=DOC.parents[1], check=True)
+    assert out.stdout.strip() == "[]", out.stdout
