@@ -26,6 +26,13 @@ class OraclePropagator:
     def __init__(self, instances: np.ndarray) -> None:
         self.instances = np.asarray(instances)
         self.calls: list[tuple[Any, ...]] = []
+        self.last_clip: OracleClip | None = None
+
+    @property
+    def _objects(self) -> dict[int, int]:
+        """Object id -> instance of the latest clip, also after its release (tests read
+        which instance each prompt selected)."""
+        return self.last_clip.kept if self.last_clip is not None else {}
 
     def _masks(self, clip: OracleClip, frame: int) -> ObjectMasks:
         objects = clip.objects()
@@ -39,7 +46,8 @@ class OraclePropagator:
         if len(frames) != self.instances.shape[0]:
             raise ValueError("oracle clip length differs from its instance maps")
         self.calls.append(("start", len(frames)))
-        return OracleClip()
+        self.last_clip = OracleClip()
+        return self.last_clip
 
     def reset(self, clip: OracleClip) -> None:
         self.calls.append(("reset",))
@@ -76,15 +84,16 @@ class OracleClip:
     """One oracle clip: object id -> instance (0: tracks nothing)."""
 
     def __init__(self) -> None:
-        self._objects: dict[int, int] | None = {}
+        self.kept: dict[int, int] = {}
+        self._released = False
 
     def objects(self) -> dict[int, int]:
-        if self._objects is None:
+        if self._released:
             raise RuntimeError("oracle clip used after release")
-        return self._objects
+        return self.kept
 
     def release(self) -> None:
-        self._objects = None
+        self._released = True
 
 
 class RecordingPropagator:
