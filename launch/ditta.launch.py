@@ -81,6 +81,13 @@ def _viewer(values: dict[str, str]) -> list[launch.Action]:
         log.warning("use_rviz:=true but rviz2 is not installed: starting ditta_node without "
                     "the viewer (install ros-$ROS_DISTRO-rviz2, or view the topics elsewhere)")
         return []
+    return [Node(package="rviz2", executable="rviz2", name="ditta_rviz",
+                 namespace=values["namespace"], arguments=["-d", _rviz_config(values)],
+                 output="screen")]
+
+
+def _rviz_config(values: dict[str, str]) -> str:
+    """config/ditta.rviz with this launch's topics, written to a file of its own."""
     template = os.path.join(get_package_share_directory(PACKAGE), "config", "ditta.rviz")
     with open(template, encoding="utf-8") as file:
         text = render_rviz(file.read(), viewer_topics(values["image"], values["namespace"],
@@ -88,8 +95,7 @@ def _viewer(values: dict[str, str]) -> list[launch.Action]:
     with tempfile.NamedTemporaryFile("w", prefix="ditta_", suffix=".rviz", delete=False,
                                      encoding="utf-8") as out:
         out.write(text)
-    return [Node(package="rviz2", executable="rviz2", name="ditta_rviz",
-                 namespace=values["namespace"], arguments=["-d", out.name], output="screen")]
+    return out.name
 
 
 def generate_launch_description() -> LaunchDescription:

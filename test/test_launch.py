@@ -238,3 +238,44 @@ rclpy.spin_until_future_complete(node, future, timeout_sec=30.0)
 values = [parameter_value_to_python(v) for v in future.result().values]
 print(yaml.safe_dump(dict(zip(names, values))))
 """
+
+
+def test_launch_file_with_launch_ros_wires_precedence_and_a_viewer_on_the_launch_topics(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With launch and launch_ros importable: evaluate the launch file's node action for
+    image:=front/image in namespace robot1 with a (stand-in) rviz2 package in the ament
+    index: the node gets the parameter files in precedence order, RViz a config on this
+    launch's topics."""
+    pytest.importorskip("launch_ros", reason="needs launch_ros (a ROS 2 install)")
+    import importlib.util
+
+    from launch.launch_context import LaunchContext
+    from launch_ros.actions import Node as RosNode
+
+    index = tmp_path / "prefix" / "share" / "ament_index" / "resource_index" / "packages"
+    index.mkdir(parents=True)
+    (index / "rviz2").write_text("")
+    (tmp_path / "prefix" / "share" / "rviz2").mkdir()
+    monkeypatch.setenv("AMENT_PREFIX_PATH",
+                       f"{tmp_path / 'prefix'}:{os.environ.get('AMENT_PREFIX_PATH', '')}")
+    spec = importlib.util.spec_from_file_location("ditta_launch", LAUNCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "get_package_share_directory",
+                        lambda name: str(ROOT) if name == "ditta_ros"
+                        else str(tmp_path / "prefix" / "share" / name))
+    context = LaunchContext()
+    values = {a.name: a.default for a in launch_arguments()}
+    values.update(image="front/image", namespace="robot1", use_rviz="true",
+                  classes="ade20k")
+    context.launch_configurations.update(values)
+    node, viewer = module._node(context)
+    assert isinstance(viewer, RosNode)
+    files = [module._as_file(e) for e in node_parameters(values)]
+    assert [yaml.safe_load(Path(f).read_text()) for f in files] == node_parameters(values)
+    shown = {d["Name"]: d["Topic"]["Value"] for d in yaml.safe_load(Path(
+        module._rviz_config(values)).read_text())["Visualization Manager"]["Displays"]}
+    assert shown == {"Camera": "/robot1/front/image",
+                     "Labels": "/robot1/ditta_node/labels_color",
+                     "Overlay": "/robot1/ditta_node/overlay"}
