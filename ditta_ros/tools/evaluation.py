@@ -26,9 +26,12 @@ from ditta_ros.engine.errors import ConfigError, InputError
 from ditta_ros.labels import ClassSet, colorize, load_classes
 from ditta_ros.tools import datasets
 from ditta_ros.tools.bags import BagWriter, label_encoding, make_image
+from ditta_ros.tools.bagscan import Segment
+from ditta_ros.tools.lazy import LazySequence
 from ditta_ros.tools.report import (
     METHODS,
     MethodResult,
+    SegmentResult,
     VideoResult,
     build_report,
     load_results,
@@ -176,6 +179,11 @@ class Scorer:
                 self._window[self._k - 8] = vc8.total - before_sum
         self._k += 1
 
+    def break_windows(self) -> None:
+        """No mVC window spans this point (a segment boundary, a rejected frame)."""
+        for vc in self.result.consistency.values():
+            vc.start_video()
+
     def finish(self) -> MethodResult:
         last = max(self._window, default=-1)
         self.result.window_scores = [self._window.get(i) for i in range(last + 1)]
@@ -183,9 +191,10 @@ class Scorer:
 
 
 def _method_iterators(name: str, models: Models, frames: Sequence[np.ndarray],
-                      config: DittaConfig, warmup: int, result: MethodResult
-                      ) -> Iterator[tuple[int, np.ndarray, float]]:
-    """Start one method on a video (its warm-up work runs now) and yield its frames."""
+                      config: DittaConfig, warmup: int, result: MethodResult,
+                      note_prefix: str = "") -> Iterator[tuple[int, np.ndarray, float]]:
+    """Start one method on a video or segment (its warm-up work runs now; nothing carries
+    over from an earlier segment) and yield its frames."""
     start = time.perf_counter()
     if name == "sam2-refine":
         from ditta_ros.engine.baselines import sam2_refine
@@ -194,15 +203,15 @@ def _method_iterators(name: str, models: Models, frames: Sequence[np.ndarray],
             raise ConfigError("sam2-refine needs SAM2: build the models with this method")
         refine = sam2_refine(models.model, models.teacher.propagator, frames, config, warmup)
         if refine.summary.reason:
-            result.notes.append(refine.summary.reason)
+            result.notes.append(note_prefix + refine.summary.reason)
         return ((f.index, f.labels, f.inference_s) for f in refine)
     from ditta_ros.engine.runner import run_w2f
 
     run = run_w2f(models.model, models.teacher if name == "ditta" else None, frames, config,
                   warmup=warmup, iss_only=name == "iss")
     if name == "ditta":
-        result.adaptation_s = time.perf_counter() - start
-        result.notes.append(run.summary.reason)
+        result.adaptation_s += time.perf_counter() - start
+        result.notes.append(note_prefix + run.summary.reason)
     return ((f.index, f.labels, f.inference_s) for f in run)
 
 
@@ -282,69 +291,135 @@ def evaluate_video(ref: datasets.VideoRef, models: Models, config: DittaConfig,
         video.close()
 
 
+def video_segments(video: datasets.Video) -> list[Segment]:
+    """The segments to evaluate: the scan's (bags), else one segment of every frame."""
+    if video.segments is not None:
+        return video.segments
+    first = video.frames[0]
+    return [Segment(0, int(first.shape[0]), int(first.shape[1]), tuple(range(len(video))))]
+
+
+def warmup_rule(config: DittaConfig, options: EvalOptions) -> Callable[[int], int]:
+    """Frames of a segment -> its warm-up (``--warmup-frames`` or the warm-up ratio)."""
+    from ditta_ros.engine.runner import warmup_length
+
+    if options.warmup_frames is not None:
+        fixed = options.warmup_frames
+        return lambda frames: fixed
+    ratio = config.adaptation.warmup_ratio
+    return lambda frames: warmup_length(frames, ratio)
+
+
+@dataclass
+class _Plan:
+    """The segments of one video, their warm-ups, and what is scored."""
+
+    segments: list[tuple[Segment, int]]          # every segment with its warm-up
+    evaluable: list[tuple[Segment, int]]         # those with frames after the warm-up
+    positions: list[int]                         # reading positions of the scored frames
+
+
+def _plan(video: datasets.Video, config: DittaConfig, options: EvalOptions) -> _Plan:
+    warmup_of = warmup_rule(config, options)
+    segments = [(s, warmup_of(len(s))) for s in video_segments(video)]
+    evaluable = [(s, w) for s, w in segments if w < len(s)]
+    if not evaluable:
+        longest = max((len(s) for s, _ in segments), default=0)
+        raise InputError(f"video {video.name} has no segment longer than its warm-up "
+                         f"({len(video)} frames, {len(segments)} segments, the longest "
+                         f"{longest} frames, warm-up {warmup_of(longest)}); nothing to "
+                         "evaluate (lower --warmup-frames)")
+    positions = [s.frames[j] for s, w in evaluable for j in range(w, len(s))]
+    return _Plan(segments, evaluable, positions)
+
+
+def _segment_frames(video: datasets.Video, segment: Segment) -> LazySequence[np.ndarray]:
+    return LazySequence(len(segment), lambda j: video.frames[segment.frames[j]])
+
+
 def _evaluate_open_video(video: datasets.Video, models: Models, config: DittaConfig,
                          options: EvalOptions, classes: ClassSet, num_classes: int,
                          settings_key: str, bar: Any) -> VideoResult:
-    from ditta_ros.engine.runner import warmup_length
-
-    total = len(video)
-    warmup = (warmup_length(total, config.adaptation.warmup_ratio)
-              if options.warmup_frames is None else options.warmup_frames)
-    if warmup >= total:
-        raise InputError(f"video {video.name} has {total} frames; a warm-up of {warmup} "
-                         "leaves none to evaluate (lower --warmup-frames)")
-    first = video.frames[0]
+    plan = _plan(video, config, options)
     results = {m: MethodResult.empty(num_classes) for m in options.methods}
     scorers = {m: Scorer(results[m]) for m in options.methods}
     label_free = video.ground_truth is None
     if label_free:
         for r in results.values():
             r.notes.append("no ground truth: mVC measures prediction stability only")
-    streams = {}
-    for m in options.methods:
-        if bar is not None:
-            bar.set_postfix_str(f"{video.name}: warm-up of {m}")
-        streams[m] = _method_iterators(m, models, video.frames, config, warmup, results[m])
-    strip_ids = strip_indices(warmup, total, options.strip_frames if options.plots else 0)
+    strip_ids = [plan.positions[k] for k in strip_indices(
+        0, len(plan.positions), options.strip_frames if options.plots else 0)]
     strip: dict[str, list[np.ndarray]] = {m: [] for m in options.methods}
     strip_frames: list[np.ndarray] = []
     strip_gt: list[np.ndarray | None] = []
     outputs = _Outputs(options.output, video, options, classes, num_classes)
-    labelled = 0
+    labelled = mismatched = 0
+    several = len(plan.segments) > 1
     try:
-        for t in range(warmup, total):
-            preds: dict[str, np.ndarray] = {}
-            seconds: dict[str, float] = {}
-            for m, stream in streams.items():
-                index, labels, seconds[m] = next(stream)
-                if index != t:
-                    raise InputError(f"method {m} returned frame {index}, expected {t} "
-                                     "(internal error)")
-                preds[m] = labels
-            gt = video.ground_truth[t] if video.ground_truth is not None else None
-            labelled += gt is not None
-            frame = video.frames[t]
-            for m, labels in preds.items():
-                scorers[m].add(labels, gt, label_free, seconds[m])
-            if t in strip_ids:
-                strip_frames.append(frame)
-                strip_gt.append(gt)
+        for segment, warmup in plan.evaluable:
+            prefix = f"segment {segment.index}: " if several else ""
+            frames = _segment_frames(video, segment)
+            streams = {}
+            for m in options.methods:
+                if bar is not None:
+                    bar.set_postfix_str(f"{video.name}: {prefix}warm-up of {m}")
+                streams[m] = _method_iterators(m, models, frames, config, warmup, results[m],
+                                               prefix)
+            previous = -2
+            for j in range(warmup, len(segment)):
+                t = segment.frames[j]
+                if t != previous + 1:          # a new segment, or rejected frames between
+                    for scorer in scorers.values():
+                        scorer.break_windows()
+                previous = t
+                preds: dict[str, np.ndarray] = {}
+                seconds: dict[str, float] = {}
+                for m, stream in streams.items():
+                    index, labels, seconds[m] = next(stream)
+                    if index != j:
+                        raise InputError(f"method {m} returned frame {index}, expected {j} "
+                                         "(internal error)")
+                    preds[m] = labels
+                gt = video.ground_truth[t] if video.ground_truth is not None else None
+                frame = video.frames[t]
+                if gt is not None and gt.shape != frame.shape[:2]:
+                    gt, mismatched = None, mismatched + 1    # a label of another size
+                labelled += gt is not None
                 for m, labels in preds.items():
-                    strip[m].append(labels)
-            outputs.frame(t, frame, gt, preds)
-            if bar is not None:
-                bar.set_postfix_str(f"{video.name}: frame {t + 1}/{total}")
+                    scorers[m].add(labels, gt, label_free, seconds[m])
+                if t in strip_ids:
+                    strip_frames.append(frame)
+                    strip_gt.append(gt)
+                    for m, labels in preds.items():
+                        strip[m].append(labels)
+                outputs.frame(t, frame, gt, preds)
+                if bar is not None:
+                    bar.set_postfix_str(f"{video.name}: frame {t + 1}/{len(video)}")
     finally:
         outputs.close()
-    result = VideoResult(video.name, total, warmup, labelled, int(first.shape[0]),
-                         int(first.shape[1]), {m: s.finish() for m, s in scorers.items()},
-                         settings_key)
+    if mismatched:
+        for r in results.values():
+            r.notes.append(f"{mismatched} labels differ in size from their frame: not scored")
+    first = plan.evaluable[0][0]
+    scan = video.scan
+    result = VideoResult(
+        video.name, len(video), sum(w for _, w in plan.evaluable), labelled, first.height,
+        first.width, {m: s.finish() for m, s in scorers.items()}, settings_key,
+        evaluated=len(plan.positions),
+        rejected=scan.rejected_by_reason() if scan is not None else {},
+        segments=[SegmentResult(s.width, s.height, len(s), w if w < len(s) else 0,
+                                max(len(s) - w, 0)) for s, w in plan.segments],
+        out_of_order=scan.out_of_order if scan is not None else 0,
+        order=scan.order if scan is not None else "")
     if options.plots:
         from ditta_ros.tools import plots
 
         folder = options.output / "plots"
-        plots.plot_over_time(video.name, warmup, result.methods,
-                             folder / f"{video.name}_over_time.png")
+        warmup0 = plan.evaluable[0][1]
+        simple = plan.positions == list(range(warmup0, warmup0 + len(plan.positions)))
+        plots.plot_over_time(video.name, warmup0, result.methods,
+                             folder / f"{video.name}_over_time.png",
+                             None if simple else plan.positions)
         if strip_frames:
             plots.plot_strip(video.name, strip_ids, strip_frames, strip_gt, strip,
                              classes.palette, folder / f"{video.name}_strip.png")
@@ -367,6 +442,7 @@ def evaluate(refs: Sequence[datasets.VideoRef], config: DittaConfig, options: Ev
     """Run every method on every video not finished yet; write and return the report."""
     say = warn or (lambda text: print(f"ditta-eval: {text}", file=sys.stderr))
     classes = load_classes(options.classes)
+    refs = evaluable_refs(refs, config, options, say)      # before any model loads
     models = models or build_models(config, options.methods, say)
     num_classes = int(models.model.num_classes)
     settings = run_settings(config, options, num_classes)
@@ -386,6 +462,31 @@ def evaluate(refs: Sequence[datasets.VideoRef], config: DittaConfig, options: Ev
     names = {r.name for r in refs}
     results = [r for r in load_results(out) if r.name in names]
     return finish_report(out, results, settings, classes, options.plots)
+
+
+def evaluable_refs(refs: Sequence[datasets.VideoRef], config: DittaConfig,
+                   options: EvalOptions, say: Callable[[str], None]
+                   ) -> list[datasets.VideoRef]:
+    """Warn about what the scans found; leave out bags with nothing to evaluate (InputError
+    when that leaves nothing at all)."""
+    warmup_of = warmup_rule(config, options)
+    kept = []
+    for ref in refs:
+        if ref.scan is None:
+            kept.append(ref)
+            continue
+        for line in ref.scan.warnings():
+            say(f"{ref.name}: {line}")
+        if ref.scan.evaluated_frames(warmup_of) > 0:
+            kept.append(ref)
+        else:
+            say(f"{ref.name}: nothing to evaluate (no segment of good frames is longer than "
+                "its warm-up): skipped; `ditta-eval --check-only` shows the scan")
+    if not kept:
+        raise InputError(f"nothing to evaluate in {len(refs)} source(s): every bag lacks a "
+                         "segment of good frames longer than its warm-up; run "
+                         "`ditta-eval --check-only` for the scan")
+    return kept
 
 
 def finish_report(out: Path, results: Sequence[VideoResult], settings: Mapping[str, Any],
