@@ -103,9 +103,11 @@ def test_replay_over_dds(tmp_path: Path, listener: tuple[Any, Any], encoding: st
             np.testing.assert_array_equal(frame, source.frames()[t])   # same bytes
     if encoding == "rgb8":
         np.testing.assert_array_equal(got[2][2], synthetic().frame(2).image)
-    # 4 gaps of 100 ms at rate 2: the replay takes about 0.2 s, not less.
+    # 4 gaps of 100 ms at rate 2: the replay takes about 0.2 s, not less. (Measured where
+    # the pacing happens; arrival times also carry DDS's repairs of a reliable stream.)
     assert stats.seconds >= 0.2 * 0.9
-    assert got[-1][1] - got[0][1] >= 0.2 * 0.5
+    assert stats.publish_times[4] - stats.publish_times[0] >= 0.2 * 0.9
+    assert stats.acknowledged is True and stats.subscribers == 1
 
 
 def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -353,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         if args and args[0] == "merge":
             return merge_main(args[1:])
         return run_main(args)
+    except SystemExit as exc:          # --help, or a usage error already printed (one line)
+        return exc.code if isinstance(exc.code, int) else 2
     except DittaError as exc:
         print(f"ditta-eval: error: {exc}", file=sys.stderr)
         return 2

@@ -271,17 +271,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _flag_mistake(args: argparse.Namespace) -> str:
+    """What is wrong with the flags (one line naming the flag), or ""."""
+    if args.label_out and not args.label_topic:
+        return "--label-out needs --label-topic (the labels' topic in the bag)"
+    for flag in ("rate", "wait_timeout", "ack_timeout"):
+        if getattr(args, flag) <= 0:
+            return f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}"
+    if args.wait_subscribers < 0:
+        return f"--wait-subscribers must be >= 0, got {args.wait_subscribers}"
+    if args.start_offset < 0:
+        return f"--start-offset must be >= 0 seconds, got {args.start_offset}"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """``ditta-replay``; errors become one line on stderr and exit code 2."""
     p = parser()
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.label_out and not args.label_topic:
-        p.error("--label-out needs --label-topic (the labels' topic in the bag)")
-    for flag in ("rate", "wait_timeout", "ack_timeout"):
-        if getattr(args, flag) <= 0:
-            p.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
-    if args.wait_subscribers < 0 or args.start_offset < 0:
-        p.error("--wait-subscribers and --start-offset must be >= 0")
+    try:
+        args = p.parse_args(sys.argv[1:] if argv is None else argv)
+        mistake = _flag_mistake(args)
+        if mistake:
+            p.error(mistake)
+    except SystemExit as exc:          # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
     stop = threading.Event()
     try:
         stats = replay(args.bag, args.topic, args.image_topic, args.label_topic, args.label_out,
