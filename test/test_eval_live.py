@@ -78,3 +78,21 @@ def test_external_player_like_ros2_bag_play(tmp_path: Path) -> None:
         if live is not None:
             np.testing.assert_array_equal(live, offline[t], err_msg=f"frame {t}")
     assert all(v >= 0 for v in runs[0].latency.values()) and runs[0].latency
+
+
+def test_live_keeps_processed_dropped_rejected_apart_with_wall_throughput(
+        tmp_path: Path) -> None:
+    """10 frames, warm-up 2: frames 3 and 6 are bad (the node rejects them), frame 8 got no
+    labels (dropped); 5 answered in 2.5 s of wall clock -> 2 frames/s, whatever the stamps."""
+    stamps = [1_000_000_000 * t for t in range(10)]        # 1 s apart: a 9 s stamp span
+    labels = {stamps[t]: np.zeros((4, 4), np.int64) for t in (0, 1, 2, 4, 5, 7, 9)}
+    run = LiveRun(tmp_path / "bag", stamps, None, labels, {s: 0.1 for s in labels}, 4, 4,
+                  rejected=frozenset({stamps[3], stamps[6]}), wall_s=2.5)
+    options = EvalOptions(output=tmp_path / "out", warmup_frames=2, progress=False,
+                          plots=False)
+    report = score_live(run, tiny_config(), options, num_classes=4)
+    s = report["overall"][LIVE_METHOD]
+    assert (s["processed"], s["dropped"], s["rejected"]) == (5, 1, 2)
+    assert s["fps"] == 5 / 2.5 and s["wall_s"] == 2.5
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "processed | dropped | rejected" in text and "| 5 | 1 (16.7 %) | 2 |" in text
