@@ -229,3 +229,17 @@ def write_bare_mcap(path: Path, frames: int = 8, seed: int = 0, labels: bool = T
                                      sequence=t)
         writer.finish()
     return path
+
+
+def write_resolution_bag(path: Path, first: int = 3, second: int = 3) -> Path:
+    """A short clean bag whose frames change size once: ``first`` frames at 48 x 64, then
+    ``second`` at 24 x 32 (frames of the flawed recording's two parts), with labels."""
+    with BagWriter(path, "mcap") as writer:
+        for k, t in enumerate([*range(first), *range(RESOLUTION_CHANGE,
+                                                     RESOLUTION_CHANGE + second)]):
+            image, truth = flawed_frame(t)
+            stamp = T0_NS + k * PERIOD_NS
+            writer.write(IMAGE_TOPIC, make_image(image, "bgr8", stamp, "cam"), stamp)
+            writer.write(LABEL_TOPIC, make_image(truth.astype(np.uint8), "mono8", stamp, "cam"),
+                         stamp + 1000)
+    return path

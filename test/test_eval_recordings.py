@@ -31,6 +31,7 @@ from fixtures_eval import (
     write_bag,
     write_bare_mcap,
     write_flawed_bag,
+    write_resolution_bag,
 )
 
 from ditta_ros.config import DittaConfig
@@ -190,18 +191,21 @@ def test_mvc_windows_never_cross_a_segment_boundary(tmp_path: Path,
     assert iss.consistency[8].count == 4 and iss.consistency[16].count == 0
 
 
+@pytest.mark.slow
 def test_every_method_follows_a_resolution_change(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """ISS, DiTTA and sam2-refine each start afresh on each segment (the old evaluator
-    stopped with "frame size changed within a video")."""
-    bag = write_flawed_bag(tmp_path / "flawed", "mcap", labels=True)
+    stopped with "frame size changed within a video"). Three frames per size, warm-up 1."""
+    bag = write_resolution_bag(tmp_path / "resized")
     code, stdout, err = _run(capsys, str(bag), "-o", str(tmp_path / "out"), "--label-topic",
-                             LABEL_TOPIC, "--warmup-frames", "2", *SMALL)
+                             LABEL_TOPIC, "--warmup-frames", "1", *SMALL)
     assert code == 0, err
+    assert "2 segments (64x48 -> 32x24)" in err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     for method in ("iss", "ditta", "sam2-refine"):
-        assert report["overall"][method]["frames"] == len(GOOD) - 4, method
-    notes = report["videos"]["flawed"]["methods"]["ditta"]["notes"]
+        assert report["overall"][method]["frames"] == 4, method
+        assert report["overall"][method]["miou"] is not None, method
+    notes = report["videos"]["resized"]["methods"]["ditta"]["notes"]
     assert any(n.startswith("segment 0:") for n in notes)
     assert any(n.startswith("segment 1:") for n in notes)
 

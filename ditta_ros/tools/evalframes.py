@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import cv2
 import numpy as np
@@ -23,7 +23,7 @@ from ditta_ros.tools import datasets
 from ditta_ros.tools.bags import BagWriter, label_encoding, make_image
 from ditta_ros.tools.bagscan import Segment
 from ditta_ros.tools.lazy import LazySequence
-from ditta_ros.tools.report import METHODS, MethodResult
+from ditta_ros.tools.report import METHODS, MethodResult, SegmentResult, VideoResult
 
 DEFAULT_FPS = 30.0   # stamps given to frames of sources without time (folders, VSPW)
 
@@ -207,3 +207,83 @@ class FrameOutputs:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class VideoScoring:
+    """The scoring side of one video's evaluation: scorers, strips, counts."""
+
+    def __init__(self, video: datasets.Video, plan: VideoPlan, options: EvalOptions,
+                 num_classes: int, bar: Any) -> None:
+        self.video, self.plan, self.bar = video, plan, bar
+        self.plots_folder = options.output / "plots"
+        self.results = {m: MethodResult.empty(num_classes) for m in options.methods}
+        self.scorers = {m: Scorer(r) for m, r in self.results.items()}
+        self.label_free = video.ground_truth is None
+        if self.label_free:
+            for r in self.results.values():
+                r.notes.append("no ground truth: mVC measures prediction stability only")
+        self.strip_ids = [plan.positions[k] for k in strip_indices(
+            0, len(plan.positions), options.strip_frames if options.plots else 0)]
+        self.strip: dict[str, list[np.ndarray]] = {m: [] for m in options.methods}
+        self.strip_frames: list[np.ndarray] = []
+        self.strip_gt: list[np.ndarray | None] = []
+        self.labelled = self.mismatched = 0
+        self.previous = -2
+
+    def status(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.video.name}: {text}")
+
+    def score(self, t: int, preds: Mapping[str, np.ndarray], seconds: Mapping[str, float]
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Score every method's labels of frame ``t``; (frame, usable ground truth)."""
+        if t != self.previous + 1:        # a new segment, or rejected frames in between
+            for scorer in self.scorers.values():
+                scorer.break_windows()
+        self.previous = t
+        video = self.video
+        gt = video.ground_truth[t] if video.ground_truth is not None else None
+        frame = video.frames[t]
+        if gt is not None and gt.shape != frame.shape[:2]:
+            gt, self.mismatched = None, self.mismatched + 1     # a label of another size
+        self.labelled += gt is not None
+        for m, labels in preds.items():
+            self.scorers[m].add(labels, gt, self.label_free, seconds[m])
+        if t in self.strip_ids:
+            self.strip_frames.append(frame)
+            self.strip_gt.append(gt)
+            for m, labels in preds.items():
+                self.strip[m].append(labels)
+        self.status(f"frame {t + 1}/{len(video)}")
+        return frame, gt
+
+    def result(self, settings_key: str) -> VideoResult:
+        plan, scan = self.plan, self.video.scan
+        if self.mismatched:
+            for r in self.results.values():
+                r.notes.append(f"{self.mismatched} labels differ in size from their frame: "
+                               "not scored")
+        first = plan.evaluable[0][0]
+        return VideoResult(
+            self.video.name, len(self.video), sum(w for _, w in plan.evaluable),
+            self.labelled, first.height, first.width,
+            {m: s.finish() for m, s in self.scorers.items()}, settings_key,
+            evaluated=len(plan.positions),
+            rejected=scan.rejected_by_reason() if scan is not None else {},
+            segments=[SegmentResult(s.width, s.height, len(s), w if w < len(s) else 0,
+                                    max(len(s) - w, 0)) for s, w in plan.segments],
+            out_of_order=scan.out_of_order if scan is not None else 0,
+            order=scan.order if scan is not None else "")
+
+    def plot(self, result: VideoResult, classes: ClassSet) -> None:
+        from ditta_ros.tools import plots
+
+        name, plan = self.video.name, self.plan
+        out = self.plots_folder
+        warmup0 = plan.evaluable[0][1]
+        simple = plan.positions == list(range(warmup0, warmup0 + len(plan.positions)))
+        plots.plot_over_time(name, warmup0, result.methods, out / f"{name}_over_time.png",
+                             None if simple else plan.positions)
+        if self.strip_frames:
+            plots.plot_strip(name, self.strip_ids, self.strip_frames, self.strip_gt,
+                             self.strip, classes.palette, out / f"{name}_strip.png")

@@ -28,6 +28,7 @@ from ditta_ros.tools.evalframes import (  # noqa: F401 - Scorer, strip_indices: 
     EvalOptions,
     FrameOutputs,
     Scorer,
+    VideoScoring,
     plan_video,
     segment_frames,
     strip_indices,
@@ -35,7 +36,6 @@ from ditta_ros.tools.evalframes import (  # noqa: F401 - Scorer, strip_indices: 
 )
 from ditta_ros.tools.report import (
     MethodResult,
-    SegmentResult,
     VideoResult,
     build_report,
     load_results,
@@ -162,38 +162,19 @@ def evaluate_video(ref: datasets.VideoRef, models: Models, config: DittaConfig,
 def _evaluate_open_video(video: datasets.Video, models: Models, config: DittaConfig,
                          options: EvalOptions, classes: ClassSet, num_classes: int,
                          settings_key: str, bar: Any) -> VideoResult:
-    plan = plan_video(video, config, options)
-    results = {m: MethodResult.empty(num_classes) for m in options.methods}
-    scorers = {m: Scorer(results[m]) for m in options.methods}
-    label_free = video.ground_truth is None
-    if label_free:
-        for r in results.values():
-            r.notes.append("no ground truth: mVC measures prediction stability only")
-    strip_ids = [plan.positions[k] for k in strip_indices(
-        0, len(plan.positions), options.strip_frames if options.plots else 0)]
-    strip: dict[str, list[np.ndarray]] = {m: [] for m in options.methods}
-    strip_frames: list[np.ndarray] = []
-    strip_gt: list[np.ndarray | None] = []
+    run = VideoScoring(video, plan_video(video, config, options), options, num_classes, bar)
     outputs = FrameOutputs(options.output, video, options, classes, num_classes)
-    labelled = mismatched = 0
-    several = len(plan.segments) > 1
+    several = len(run.plan.segments) > 1
     try:
-        for segment, warmup in plan.evaluable:
+        for segment, warmup in run.plan.evaluable:
             prefix = f"segment {segment.index}: " if several else ""
             frames = segment_frames(video, segment)
             streams = {}
             for m in options.methods:
-                if bar is not None:
-                    bar.set_postfix_str(f"{video.name}: {prefix}warm-up of {m}")
-                streams[m] = _method_iterators(m, models, frames, config, warmup, results[m],
-                                               prefix)
-            previous = -2
+                run.status(f"{prefix}warm-up of {m}")
+                streams[m] = _method_iterators(m, models, frames, config, warmup,
+                                               run.results[m], prefix)
             for j in range(warmup, len(segment)):
-                t = segment.frames[j]
-                if t != previous + 1:          # a new segment, or rejected frames between
-                    for scorer in scorers.values():
-                        scorer.break_windows()
-                previous = t
                 preds: dict[str, np.ndarray] = {}
                 seconds: dict[str, float] = {}
                 for m, stream in streams.items():
@@ -202,49 +183,14 @@ def _evaluate_open_video(video: datasets.Video, models: Models, config: DittaCon
                         raise InputError(f"method {m} returned frame {index}, expected {j} "
                                          "(internal error)")
                     preds[m] = labels
-                gt = video.ground_truth[t] if video.ground_truth is not None else None
-                frame = video.frames[t]
-                if gt is not None and gt.shape != frame.shape[:2]:
-                    gt, mismatched = None, mismatched + 1    # a label of another size
-                labelled += gt is not None
-                for m, labels in preds.items():
-                    scorers[m].add(labels, gt, label_free, seconds[m])
-                if t in strip_ids:
-                    strip_frames.append(frame)
-                    strip_gt.append(gt)
-                    for m, labels in preds.items():
-                        strip[m].append(labels)
+                t = segment.frames[j]
+                frame, gt = run.score(t, preds, seconds)
                 outputs.frame(t, frame, gt, preds)
-                if bar is not None:
-                    bar.set_postfix_str(f"{video.name}: frame {t + 1}/{len(video)}")
     finally:
         outputs.close()
-    if mismatched:
-        for r in results.values():
-            r.notes.append(f"{mismatched} labels differ in size from their frame: not scored")
-    first = plan.evaluable[0][0]
-    scan = video.scan
-    result = VideoResult(
-        video.name, len(video), sum(w for _, w in plan.evaluable), labelled, first.height,
-        first.width, {m: s.finish() for m, s in scorers.items()}, settings_key,
-        evaluated=len(plan.positions),
-        rejected=scan.rejected_by_reason() if scan is not None else {},
-        segments=[SegmentResult(s.width, s.height, len(s), w if w < len(s) else 0,
-                                max(len(s) - w, 0)) for s, w in plan.segments],
-        out_of_order=scan.out_of_order if scan is not None else 0,
-        order=scan.order if scan is not None else "")
+    result = run.result(settings_key)
     if options.plots:
-        from ditta_ros.tools import plots
-
-        folder = options.output / "plots"
-        warmup0 = plan.evaluable[0][1]
-        simple = plan.positions == list(range(warmup0, warmup0 + len(plan.positions)))
-        plots.plot_over_time(video.name, warmup0, result.methods,
-                             folder / f"{video.name}_over_time.png",
-                             None if simple else plan.positions)
-        if strip_frames:
-            plots.plot_strip(video.name, strip_ids, strip_frames, strip_gt, strip,
-                             classes.palette, folder / f"{video.name}_strip.png")
+        run.plot(result, classes)
     return result
 
 
