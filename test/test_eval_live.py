@@ -31,7 +31,9 @@ def test_live_replay_matches_offline_labels(tmp_path: Path) -> None:
     with harness(params, video=video):
         run = replay_into_node(bag, "/image", "/ditta_node/labels", label_topic=LABEL_TOPIC,
                                rate=0.5, quiet=3.0, discovery_timeout=20.0)
-    assert len(run.labels) >= FRAMES // 2, f"the node answered only {len(run.labels)} frames"
+    # The node keeps only the latest frame while busy: how many it answers depends on the
+    # machine's load, but the first and the last frame are always answered.
+    assert {run.stamps[0], run.stamps[-1]} <= set(run.labels), sorted(run.labels)
     config = tiny_config()
     frames = [video.frame(t).image for t in range(FRAMES)]
     offline = {f.index: f.labels for f in run_w2f(tiny_model(config), None, frames, config,
@@ -68,7 +70,7 @@ def test_external_player_like_ros2_bag_play(tmp_path: Path) -> None:
         assert ready.wait(30.0), "the live scorer did not find the node"
         replay(bag, "/image", rate=0.5, wait_subscribers=2, wait_timeout=20.0)
         listener.join(timeout=60.0)
-    assert runs and len(runs[0].labels) >= 3
+    assert runs and {runs[0].stamps[0], runs[0].stamps[-1]} <= set(runs[0].labels)
     config = tiny_config()
     frames = [video.frame(t).image for t in range(6)]
     offline = {f.index: f.labels for f in run_w2f(tiny_model(config), None, frames, config,
