@@ -11,7 +11,16 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from fixtures_eval import LABEL_TOPIC, write_bag
+from fixtures_eval import (
+    BAD_FRAMES,
+    FLAWED_FRAMES,
+    LABEL_TOPIC,
+    RESOLUTION_CHANGE,
+    SMALL_HEIGHT,
+    SMALL_WIDTH,
+    write_bag,
+    write_flawed_bag,
+)
 from fixtures_node import TINY_PARAMS, harness
 from fixtures_stream import make_video, tiny_config, tiny_model
 
@@ -98,3 +107,24 @@ def test_live_keeps_processed_dropped_rejected_apart_with_wall_throughput(
     assert s["fps"] == 5 / 2.5 and s["wall_s"] == 2.5
     text = (tmp_path / "out" / "report.md").read_text()
     assert "processed | dropped | rejected" in text and "| 5 | 1 (16.7 %) | 2 |" in text
+
+
+def test_live_counts_the_bags_bad_frames_as_rejected(tmp_path: Path) -> None:
+    """The flawed recording (4 bad frames, a resolution change) replayed into a real node:
+    the node answers no bad frame, follows the resolution change, and the scorer counts the
+    bad frames as rejected, not dropped."""
+    bag = write_flawed_bag(tmp_path / "flawed", "mcap")
+    params = {**TINY_PARAMS, "adaptation.warmup_frames": 10000}
+    with harness(params):
+        run = replay_into_node(bag, "/image", "/ditta_node/labels", label_topic=LABEL_TOPIC,
+                               rate=1.0, quiet=3.0, discovery_timeout=20.0)
+    bad = {run.stamps[t] for t in BAD_FRAMES}
+    assert run.rejected == bad and not bad & set(run.labels)
+    small = [s for s in run.labels if s >= run.stamps[RESOLUTION_CHANGE]]
+    assert small and all(run.labels[s].shape == (SMALL_HEIGHT, SMALL_WIDTH) for s in small)
+    options = EvalOptions(output=tmp_path / "out", warmup_frames=2, progress=False,
+                          plots=False)
+    s = score_live(run, tiny_config(), options, num_classes=4)["overall"][LIVE_METHOD]
+    assert s["rejected"] == len(BAD_FRAMES)
+    assert s["processed"] + s["dropped"] + s["rejected"] == FLAWED_FRAMES - 2
+    assert s["processed"] >= 1 and s["miou"] is not None and s["fps"] > 0
