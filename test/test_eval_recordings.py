@@ -39,10 +39,11 @@ from ditta_ros.engine.metrics import ConfusionMatrix
 from ditta_ros.engine.runner import run_w2f
 from ditta_ros.labels import load_classes
 from ditta_ros.tools import datasets
-from ditta_ros.tools.bags import BagSource, out_of_order
+from ditta_ros.tools.bags import IMAGE_TYPE, BagSource, BagWriter, make_image, out_of_order
 from ditta_ros.tools.bagscan import Segment, scan_bag
 from ditta_ros.tools.eval import Models, build_config, build_models, main, run_parser
 from ditta_ros.tools.evaluation import EvalOptions, evaluate, evaluate_video
+from ditta_ros.tools.replay import bag_items
 
 SMALL = ["--num-classes", str(NUM_CLASSES), "--iterations", "1", "--sam2-image-size", "64",
          "--set", "model.fit_long=64", "--set", "model.fit_short=48",
@@ -300,3 +301,32 @@ def test_replay_cli_mistakes_are_one_line(tmp_path: Path,
         err: Any = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 2 and err[0].startswith("usage: ditta-replay"), err
         assert flag in err[1] and "Traceback" not in "".join(err)
+
+
+def test_undeserialisable_message_is_a_rejected_frame(tmp_path: Path) -> None:
+    path = tmp_path / "bag"
+    with BagWriter(path, "sqlite3") as writer:
+        for t in range(4):
+            stamp = T0_NS + t * PERIOD_NS
+            if t == 2:       # a CDR header, then bytes that are no Image
+                writer.write_raw(IMAGE_TOPIC, IMAGE_TYPE, b"\x00\x01\x00\x00\xff\xff", stamp)
+            else:
+                writer.write(IMAGE_TOPIC, make_image(synthetic().frame(t).image, "bgr8",
+                                                     stamp), stamp)
+    with BagSource(path) as source:
+        scan = scan_bag(source)
+    assert [r.frame for r in scan.rejected] == [2]
+    assert "cannot be deserialised" in scan.rejected[0].reason
+    assert [list(s.frames) for s in scan.segments] == [[0, 1, 3]]
+
+
+def test_replay_keeps_the_recorded_order(tmp_path: Path) -> None:
+    """ditta-replay and --live publish as recorded (like ros2 bag play), also when the
+    evaluator reads the same bag in stamp order."""
+    bag = write_flawed_bag(tmp_path / "bag", "mcap", shuffle=True)
+    times = flawed_record_times(True)
+    with BagSource(bag) as source:
+        items = bag_items(source, "/image")
+        assert [i.log_time for i in items] == sorted(times)
+        assert [source.stamps[i.frame] for i in items] == [
+            T0_NS + t * PERIOD_NS for t in sorted(range(FLAWED_FRAMES), key=lambda t: times[t])]

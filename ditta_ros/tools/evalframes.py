@@ -86,10 +86,11 @@ def plan_video(video: datasets.Video, config: DittaConfig, options: EvalOptions)
     evaluable = [(s, w) for s, w in segments if w < len(s)]
     if not evaluable:
         longest = max((len(s) for s, _ in segments), default=0)
+        warmup = f", warm-up {warmup_of(longest)}" if longest else ""
         raise InputError(f"video {video.name} has no segment longer than its warm-up "
-                         f"({len(video)} frames, {len(segments)} segments, the longest "
-                         f"{longest} frames, warm-up {warmup_of(longest)}); nothing to "
-                         "evaluate (lower --warmup-frames)")
+                         f"({len(video)} frames, {len(segments)} segments of good frames, "
+                         f"the longest {longest} frames{warmup}); nothing to evaluate "
+                         "(lower --warmup-frames; `ditta-eval --check-only` shows the scan)")
     positions = [s.frames[j] for s, w in evaluable for j in range(w, len(s))]
     return VideoPlan(segments, evaluable, positions)
 

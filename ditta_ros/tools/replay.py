@@ -71,11 +71,13 @@ def bag_items(source: BagSource, image_out: str, label_out: str | None = None,
     (from the first image) left out. Labels go along when ``label_out`` is given."""
     if start_offset < 0:
         raise ConfigError(f"--start-offset must be >= 0 seconds, got {start_offset}")
-    first = source.index[0].log_time
+    first = source.records[0].log_time
     begin = first + int(start_offset * 1e9)
     items: list[ReplayItem] = []
-    for i, entry in enumerate(source.index):
-        if entry.log_time < begin:
+    # As recorded (a player replays record order, like ros2 bag play); ``frame`` is the
+    # frame's position in the source's reading order.
+    for i in sorted(range(len(source)), key=lambda i: source.index[i].record):
+        if source.index[i].log_time < begin:
             continue
         conn, log_time, raw = source.raw_image(i)
         items.append(ReplayItem(image_out, conn.msgtype, raw, log_time, i))
@@ -84,7 +86,7 @@ def bag_items(source: BagSource, image_out: str, label_out: str | None = None,
     if not items:
         raise InputError(f"nothing to replay: the bag's images end before --start-offset "
                          f"{start_offset} s")
-    return sorted(items, key=lambda item: item.log_time)
+    return sorted(items, key=lambda item: item.log_time)   # stable: record order on ties
 
 
 def _label_items(source: BagSource, label_out: str, begin: int) -> list[ReplayItem]:
