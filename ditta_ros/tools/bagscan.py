@@ -29,6 +29,10 @@ from ditta_ros.tools.bags import COMPRESSED_TYPE, BagSource, bag_name
 WarmupFn = Callable[[int], int]          # frames of a segment -> its warm-up length
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
 @dataclass(frozen=True)
 class Segment:
     """A run of good frames of one size, in reading order (rejected frames left out)."""
@@ -151,7 +155,7 @@ class BagScan:
                  f"  order: read in {self.order} order; {self.out_of_order} records out of "
                  f"stamp order; {self.duplicate_stamps} frames share a stamp"]
         if self.rejected:
-            lines.append(f"  rejected: {len(self.rejected)} frames")
+            lines.append(f"  rejected: {_n(len(self.rejected), 'frame')}")
             for kind, n in self.rejected_by_reason().items():
                 first = next(r for r in self.rejected if reason_kind(r.reason) == kind)
                 where = f"frame {first.frame}, record {first.record}"
@@ -172,9 +176,11 @@ class BagScan:
                          f"frames have one; {self.label_size_mismatch} differ in size from "
                          "their frame (not scored)")
         evaluated = self.evaluated_frames(warmup_of)
-        lines.append(f"  evaluable: {evaluated} frames in {len(self.evaluable(warmup_of))} "
-                     "segments" if evaluated else "  evaluable: NOTHING (no segment is "
-                     "longer than its warm-up)")
+        if evaluated:
+            lines.append(f"  evaluable: {_n(evaluated, 'frame')} in "
+                         f"{_n(len(self.evaluable(warmup_of)), 'segment')}")
+        else:
+            lines.append("  evaluable: NOTHING (no segment is longer than its warm-up)")
         return lines
 
 

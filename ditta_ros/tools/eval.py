@@ -315,7 +315,7 @@ def run_main(argv: Sequence[str]) -> int:
                           plots=not args.no_plots, strip_frames=args.strip_frames,
                           dump_colors=args.dump_colors, output_bag=args.output_bag,
                           bag_storage=args.bag_storage, progress=not args.no_progress)
-    if args.live:
+    if args.live and not args.check_only:   # --check-only scans the bag, node or not
         from ditta_ros.tools.live import live_main
 
         return live_main(args, config, options)
@@ -333,9 +333,8 @@ def run_main(argv: Sequence[str]) -> int:
 
 def merge_main(argv: Sequence[str]) -> int:
     p = Parser(prog="ditta-eval merge", usage="%(prog)s OUTPUT SHARD_DIR [SHARD_DIR ...]",
-                                description="Pool the results of several ditta-eval shard "
-                                            "folders into one report (same numbers as a single "
-                                            "run).")
+               description="Pool the results of several ditta-eval shard folders into one "
+                           "report (same numbers as a single run).")
     p.add_argument("output", type=Path, help="folder for the merged report")
     p.add_argument("shards", type=Path, nargs="+", help="shard output folders")
     p.add_argument("--no-plots", action="store_true", help="write no PNG plots")

@@ -177,6 +177,7 @@ def replay_into_node(bag: Path, node_input: str, node_labels: str,
             sent = got.inputs
         else:
             stats = play(items, publisher.publish, rate)
+            publisher.wait_for_acks(quiet)    # the last frames reach the node before closing
             sent = {stamps[t]: when for t, when in stats.publish_times.items()}
         got.wait_quiet(set(stamps) - rejected, quiet)
     finally:
