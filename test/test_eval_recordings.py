@@ -126,6 +126,8 @@ def test_bad_frames_and_resolution_change_are_evaluated_not_fatal(
     assert code == 0, err
     assert "4 of 20 frames rejected" in err and "2 segments (64x48 -> 32x24)" in err
     assert "4 rejected" in stdout and "x data truncated" in stdout
+    assert ("2 segments: 64x48 10 frames (warm-up 2, 8 evaluated), 32x24 6 frames (warm-up 2, "
+            "4 evaluated)") in stdout
     report = json.loads((out / "report.json").read_text())
     assert report["frames"] == FLAWED_FRAMES and report["frames_rejected"] == 4
     assert report["frames_evaluated"] == len(GOOD) - 4 == report["overall"]["iss"]["frames"]

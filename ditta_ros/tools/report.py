@@ -292,10 +292,10 @@ def _frames_lines(report: Mapping[str, Any]) -> list[str]:
         segments = v.get("segments", [])
         parts = []
         if len(segments) > 1:
-            parts.append(f"{len(segments)} segments (" + ", ".join(
-                f"{s['width']}x{s['height']}: {s['frames']} frames, "
-                + (f"warm-up {s['warmup']}, {s['evaluated']} evaluated" if s["evaluated"]
-                   else "too short, not evaluated") for s in segments) + ")")
+            parts.append(f"{len(segments)} segments: " + ", ".join(
+                f"{s['width']}x{s['height']} {s['frames']} frames ("
+                + (f"warm-up {s['warmup']}, {s['evaluated']} evaluated)" if s["evaluated"]
+                   else "too short: not evaluated)") for s in segments))
         if v.get("frames_rejected"):
             parts.append(f"{v['frames_rejected']} rejected")
         if v.get("out_of_order"):
