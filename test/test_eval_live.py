@@ -7,6 +7,7 @@ the same seeded model must give the same labels for the same frames.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -128,3 +129,18 @@ def test_live_counts_the_bags_bad_frames_as_rejected(tmp_path: Path) -> None:
     assert s["rejected"] == len(BAD_FRAMES)
     assert s["processed"] + s["dropped"] + s["rejected"] == FLAWED_FRAMES - 2
     assert s["processed"] >= 1 and s["miou"] is not None and s["fps"] > 0
+
+
+def test_live_scoring_follows_a_resolution_change(tmp_path: Path) -> None:
+    """Answers of two sizes on consecutive frames: no mVC window spans the change (the
+    metric would refuse frames of two sizes)."""
+    stamps = list(range(24))
+    labels = {s: np.zeros((4, 4) if s < 12 else (2, 2), np.int64) for s in stamps}
+    run = LiveRun(tmp_path / "bag", stamps, None, labels, {}, 4, 4, wall_s=1.0)
+    options = EvalOptions(output=tmp_path / "out", warmup_frames=2, progress=False,
+                          plots=False)
+    report = score_live(run, tiny_config(), options, num_classes=4)
+    result = json.loads((tmp_path / "out" / "videos" / "bag.json").read_text())
+    # 10 + 12 frames: windows of 8 start at 0..1 and 0..3 -> 2 + 4, not 22 - 8 = 14.
+    assert result["methods"][LIVE_METHOD]["consistency"]["8"]["count"] == 6
+    assert report["overall"][LIVE_METHOD]["processed"] == 22

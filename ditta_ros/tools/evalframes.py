@@ -231,6 +231,10 @@ class VideoScoring:
         self.labelled = self.mismatched = 0
         self.previous = -2
 
+    def start_segment(self) -> None:
+        """No mVC window spans a segment boundary."""
+        self.previous = -2
+
     def status(self, text: str) -> None:
         if self.bar is not None:
             self.bar.set_postfix_str(f"{self.video.name}: {text}")

@@ -168,6 +168,7 @@ def _evaluate_open_video(video: datasets.Video, models: Models, config: DittaCon
     try:
         for segment, warmup in run.plan.evaluable:
             prefix = f"segment {segment.index}: " if several else ""
+            run.start_segment()
             frames = segment_frames(video, segment)
             streams = {}
             for m in options.methods:

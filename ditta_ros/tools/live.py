@@ -202,9 +202,13 @@ def score_live(run: LiveRun, config: DittaConfig, options: EvalOptions,
     scorer = Scorer(MethodResult.empty(num_classes))
     result = scorer.result
     answered: list[int] = []
+    size: tuple[int, ...] = ()
     for t in range(warmup, total):
         stamp = run.stamps[t]
         labels = run.labels.get(stamp)
+        if labels is not None and labels.shape != size:
+            scorer.break_windows()        # a resolution change: a new segment
+            size = labels.shape
         if labels is None:
             if stamp in run.rejected:
                 result.rejected += 1      # a bad frame: the node rejects it, as it should
