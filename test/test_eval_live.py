@@ -27,7 +27,13 @@ from fixtures_stream import make_video, tiny_config, tiny_model
 
 from ditta_ros.engine.runner import run_w2f
 from ditta_ros.tools.eval import EvalOptions
-from ditta_ros.tools.live import LIVE_METHOD, LiveRun, replay_into_node, score_live
+from ditta_ros.tools.live import (
+    LIVE_METHOD,
+    LiveRun,
+    live_summary,
+    replay_into_node,
+    score_live,
+)
 from ditta_ros.tools.replay import replay
 
 FRAMES, WARMUP = 8, 2
@@ -108,6 +114,9 @@ def test_live_keeps_processed_dropped_rejected_apart_with_wall_throughput(
     assert s["fps"] == 5 / 2.5 and s["wall_s"] == 2.5
     text = (tmp_path / "out" / "report.md").read_text()
     assert "processed | dropped | rejected" in text and "| 5 | 1 (16.7 %) | 2 |" in text
+    assert live_summary(report) == ("live: 5 processed, 1 dropped, 2 rejected; throughput "
+                                    "2.00 frames/s over 2.5 s wall clock; mean latency "
+                                    "100.0 ms")
 
 
 def test_live_counts_the_bags_bad_frames_as_rejected(tmp_path: Path) -> None:

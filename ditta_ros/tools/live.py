@@ -255,10 +255,16 @@ def live_main(args: argparse.Namespace, config: DittaConfig, options: EvalOption
                            args.live_player == "external")
     report = score_live(run, config, options, config.model.num_classes)
     print((options.output / "report.md").read_text().split("## Per video")[0].rstrip())
-    s = report["overall"].get(LIVE_METHOD, {})
-    fps = s.get("fps")
-    print(f"\nlive: {s.get('processed', 0)} processed, {s.get('dropped', 0)} dropped, "
-          f"{s.get('rejected', 0)} rejected; throughput "
-          f"{'-' if fps is None else f'{fps:.2f}'} frames/s over {s.get('wall_s', 0.0):.1f} s "
-          f"wall clock; mean latency {s.get('latency_mean_ms') or float('nan'):.1f} ms")
+    print("\n" + live_summary(report))
     return 0
+
+
+def live_summary(report: Mapping[str, Any]) -> str:
+    """One line: processed / dropped / rejected, wall-clock throughput, mean latency."""
+    s = report["overall"].get(LIVE_METHOD, {})
+    fps, latency = s.get("fps"), s.get("latency_mean_ms")
+    return (f"live: {s.get('processed', 0)} processed, {s.get('dropped', 0)} dropped, "
+            f"{s.get('rejected', 0)} rejected; throughput "
+            f"{'-' if fps is None else format(fps, '.2f')} frames/s over "
+            f"{s.get('wall_s', 0.0):.1f} s wall clock; mean latency "
+            f"{'-' if latency is None else format(latency, '.1f')} ms")
