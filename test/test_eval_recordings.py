@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from fixtures_eval import (
@@ -332,3 +333,29 @@ def test_replay_keeps_the_recorded_order(tmp_path: Path) -> None:
         assert [i.log_time for i in items] == sorted(times)
         assert [source.stamps[i.frame] for i in items] == [
             T0_NS + t * PERIOD_NS for t in sorted(range(FLAWED_FRAMES), key=lambda t: times[t])]
+
+
+def test_image_folder_with_a_size_change_and_a_broken_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Folders get segments too (from the files' headers): 5 frames at 48 x 64, a file that
+    is no image, 4 frames at 24 x 32."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t in range(10):
+        path = folder / f"frame_{t}.png"
+        if t == 5:
+            path.write_bytes(b"not a png")
+        else:
+            cv2.imwrite(str(path), flawed_frame(t if t < 5 else RESOLUTION_CHANGE + t)[0])
+    code, stdout, err = _run(capsys, str(folder), "--check-only", "--warmup-frames", "2",
+                             "--no-progress")
+    assert code == 0, err
+    assert ("video frames: 10 frames; 1 x unreadable image file; 2 segment(s): 64x48 (5), "
+            "32x24 (4); 5 evaluated") in stdout
+    code, stdout, err = _run(capsys, str(folder), "-o", str(tmp_path / "out"), "--methods",
+                             "iss", "--warmup-frames", "2", *SMALL)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    video = report["videos"]["frames"]
+    assert video["evaluated"] == 5 and video["rejected"] == {"unreadable image file": 1}
+    assert [(s["width"], s["evaluated"]) for s in video["segments"]] == [(64, 3), (32, 2)]

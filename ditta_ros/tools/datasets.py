@@ -23,7 +23,7 @@ import numpy as np
 from ditta_ros.engine.errors import InputError
 from ditta_ros.engine.metrics import vspw_ground_truth
 from ditta_ros.tools.bags import ORDERS, BagSource, bag_name, bare_mcap
-from ditta_ros.tools.bagscan import BagScan, Segment, scan_bag
+from ditta_ros.tools.bagscan import BagScan, Segment, scan_bag, split_segments
 from ditta_ros.tools.lazy import LazySequence
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -42,6 +42,7 @@ class Video:
     closers: list[Callable[[], None]] = field(default_factory=list)
     segments: list[Segment] | None = None    # None: one segment, every frame (not scanned)
     scan: BagScan | None = None              # what the up-front scan found (bags)
+    rejected: dict[str, int] = field(default_factory=dict)   # files: reason -> frames
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -129,8 +130,9 @@ def _vspw_opener(folder: Path, name: str, num_classes: int) -> Callable[[], Vide
                 return None
             return vspw_ground_truth(read_raw_mask(masks[i]), num_classes)
 
+        segments, rejected = image_segments(images)
         return Video(name, LazySequence(len(images), lambda i: read_image(images[i])),
-                     LazySequence(len(images), gt))
+                     LazySequence(len(images), gt), segments=segments, rejected=rejected)
     return open_video
 
 
@@ -158,7 +160,33 @@ def _image_folder_opener(folder: Path) -> Callable[[], Video]:
 
 def _open_image_folder(folder: Path, name: str) -> Video:
     images = _images_in(folder)
-    return Video(name, LazySequence(len(images), lambda i: read_image(images[i])))
+    segments, rejected = image_segments(images)
+    return Video(name, LazySequence(len(images), lambda i: read_image(images[i])),
+                 segments=segments, rejected=rejected)
+
+
+def image_segments(paths: Sequence[Path]) -> tuple[list[Segment], dict[str, int]]:
+    """Segments of an image sequence from the files' headers (nothing is decoded): a size
+    change starts a new segment, as in a bag; a file that is no readable image is left out
+    and counted (reason -> files)."""
+    from PIL import Image, UnidentifiedImageError
+
+    sizes: dict[int, tuple[int, int]] = {}
+    rejected: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):   # OpenCV rotates these
+                    width, height = height, width
+        except (OSError, UnidentifiedImageError, ValueError):
+            rejected["unreadable image file"] = rejected.get("unreadable image file", 0) + 1
+            continue
+        if width < 1 or height < 1:
+            rejected["empty image file"] = rejected.get("empty image file", 0) + 1
+            continue
+        sizes[i] = (height, width)
+    return split_segments(sizes, len(paths)), rejected
 
 
 class _VideoFileFrames:

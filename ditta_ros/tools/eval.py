@@ -284,22 +284,34 @@ def check_only(refs: Sequence[datasets.VideoRef], config: DittaConfig,
             print("\n".join(ref.scan.lines(warmup_of)))
             evaluable += ref.scan.evaluated_frames(warmup_of) > 0
         else:
-            video = ref.open()
-            try:
-                frames = len(video)
-            finally:
-                video.close()
-            warmup = warmup_of(frames)
-            ok = warmup < frames
+            line, ok = _describe_unscanned(ref, warmup_of)
+            print(line)
             evaluable += ok
-            print(f"video {ref.name}: {frames} frames, warm-up {warmup}, "
-                  f"{max(frames - warmup, 0)} evaluated (frames are not checked one by one "
-                  "for this kind of source)")
     print(f"\ncheck: {evaluable} of {len(refs)} videos evaluable")
     if not evaluable:
         print("ditta-eval: error: nothing is evaluable (see the scan above)", file=sys.stderr)
         return 2
     return 0
+
+
+def _describe_unscanned(ref: datasets.VideoRef, warmup_of: Any) -> tuple[str, bool]:
+    """One line on a video of a folder or file source, and whether it is evaluable."""
+    video = ref.open()
+    try:
+        frames, segments, rejected = len(video), video.segments, dict(video.rejected)
+    finally:
+        video.close()
+    if segments is None:             # video files: not checked frame by frame
+        warmup = warmup_of(frames)
+        return (f"video {ref.name}: {frames} frames, warm-up {warmup}, "
+                f"{max(frames - warmup, 0)} evaluated (a video file is not checked frame "
+                "by frame)", warmup < frames)
+    evaluated = sum(len(s) - warmup_of(len(s)) for s in segments
+                    if warmup_of(len(s)) < len(s))
+    sizes = ", ".join(f"{s.width}x{s.height} ({len(s)})" for s in segments)
+    bad = "; ".join(f"{n} x {kind}" for kind, n in rejected.items()) or "none rejected"
+    return (f"video {ref.name}: {frames} frames; {bad}; {len(segments)} segment(s): "
+            f"{sizes or 'none'}; {evaluated} evaluated", evaluated > 0)
 
 
 def run_main(argv: Sequence[str]) -> int:

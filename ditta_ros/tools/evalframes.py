@@ -274,7 +274,8 @@ class VideoScoring:
             self.labelled, first.height, first.width,
             {m: s.finish() for m, s in self.scorers.items()}, settings_key,
             evaluated=len(plan.positions),
-            rejected=scan.rejected_by_reason() if scan is not None else {},
+            rejected=scan.rejected_by_reason() if scan is not None else dict(
+                self.video.rejected),
             segments=[SegmentResult(s.width, s.height, len(s), w if w < len(s) else 0,
                                     max(len(s) - w, 0)) for s, w in plan.segments],
             out_of_order=scan.out_of_order if scan is not None else 0,
