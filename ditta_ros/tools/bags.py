@@ -1,17 +1,24 @@
 """rosbag2 bags (sqlite3 and mcap) read and written with ``rosbags``: no ROS install needed.
 
-Reading: one image topic (``sensor_msgs/msg/Image`` in any encoding the node accepts, or
-``sensor_msgs/msg/CompressedImage``) becomes a lazy sequence of ``(H, W, 3) uint8 BGR`` frames;
+Reading: a rosbag2 folder (``metadata.yaml`` + its data files), one of its data files, or a
+bare ``.mcap`` file without ``metadata.yaml`` (what many recorders and tools hand around; its
+own schema and channel records say what it holds). One image topic (``sensor_msgs/msg/Image``
+in any encoding the node accepts, or ``sensor_msgs/msg/CompressedImage``) becomes a lazy
+sequence of ``(H, W, 3) uint8 BGR`` frames;
 an optional label topic (``Image``, mono8/mono16 class ids) is matched to the frames by header
 stamp, mapped through an optional id table, and gives ``(H, W) int64`` ground truth with
 :data:`IGNORE` for ignored pixels.
 
-Writing: the predicted labels of every method (and optionally their colours) as Image topics
-beside the input images, with the input's header stamps and record times, so a run can be
-replayed in RViz or Foxglove.
+Writing lives in :mod:`ditta_ros.tools.bagwrite` (re-exported here).
 
-Every problem with a bag (missing file or topic, wrong message type, unmatched stamps, a
-truncated file) raises :class:`~ditta_ros.engine.errors.InputError` saying what and how to fix.
+Frames are read in header-stamp order (the order the camera produced them) unless
+``order="record"``; :attr:`BagSource.out_of_order` counts the records whose stamp is older
+than an earlier record's. A message that cannot be deserialised is kept as a bad frame (see
+:mod:`ditta_ros.tools.bagscan`, which checks every frame), never fatal.
+
+Every problem with the bag itself (missing file or topic, wrong message type, unmatched
+stamps, a truncated file) raises :class:`~ditta_ros.engine.errors.InputError` saying what and
+how to fix.
 """
 
 from __future__ import annotations
@@ -19,24 +26,29 @@ from __future__ import annotations
 import sqlite3
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterator, Mapping
 
-import cv2
 import numpy as np
-from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
-from rosbags.typesys import Stores, get_typestore
-from rosbags.typesys.store import Typestore
+from rosbags.rosbag2 import Reader, ReaderError
+from rosbags.rosbag2.storage_mcap import McapReader
 
 from ditta_ros.engine import metrics
 from ditta_ros.engine.errors import InputError
 from ditta_ros.ros import image as ros_image  # pure conversions; imports no rclpy
+from ditta_ros.tools.bagwrite import (  # noqa: F401 - the writing half, re-exported
+    COMPRESSED_TYPE,
+    IMAGE_TYPE,
+    BagWriter,
+    label_encoding,
+    make_compressed,
+    make_image,
+    stamp_ns,
+    typestore,
+)
 from ditta_ros.tools.lazy import LazySequence
 
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IGNORE = metrics.IGNORE
 """Ground-truth value of ignored pixels."""
 
@@ -44,17 +56,7 @@ LABEL_ENCODINGS = ("mono8", "8UC1", "mono16", "16UC1")
 # Errors a corrupt or truncated bag raises from rosbags or its storage back ends.
 _BAG_ERRORS = (ReaderError, sqlite3.DatabaseError, struct.error, EOFError, OSError,
                KeyError, ValueError)
-
-
-@lru_cache(maxsize=1)
-def typestore() -> Typestore:
-    """The ROS 2 Kilted message definitions (sensor_msgs, std_msgs, builtin_interfaces)."""
-    return get_typestore(Stores.ROS2_KILTED)
-
-
-def stamp_ns(header: Any) -> int:
-    """Header stamp in integer nanoseconds (the key that matches frames, labels, outputs)."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+ORDERS = ("stamp", "record")
 
 
 def _bytes(data: Any) -> bytes:
@@ -102,86 +104,113 @@ def labels_from_image(height: int, width: int, encoding: str, is_bigendian: int,
     return labels
 
 
-def make_image(array: np.ndarray, encoding: str, stamp: int, frame_id: str = "") -> Any:
-    """A ``sensor_msgs/Image`` message (rosbags type) holding ``array`` as ``encoding``."""
-    store = typestore()
-    arr = np.ascontiguousarray(array)
-    height, width = arr.shape[:2]
-    header = store.types["std_msgs/msg/Header"](
-        stamp=store.types["builtin_interfaces/msg/Time"](
-            sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000), frame_id=frame_id)
-    return store.types[IMAGE_TYPE](
-        header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
-        step=arr.strides[0], data=np.frombuffer(arr.tobytes(), np.uint8))
-
-
-def make_compressed(frame_bgr: np.ndarray, stamp: int, frame_id: str = "",
-                    fmt: str = "jpeg") -> Any:
-    """A ``sensor_msgs/CompressedImage`` message (rosbags type) holding a jpeg or png."""
-    store = typestore()
-    ok, buf = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", frame_bgr)
-    if not ok:
-        raise InputError(f"could not encode a frame as {fmt}")
-    header = store.types["std_msgs/msg/Header"](
-        stamp=store.types["builtin_interfaces/msg/Time"](
-            sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000), frame_id=frame_id)
-    return store.types[COMPRESSED_TYPE](header=header, format=fmt,
-                                        data=np.asarray(buf, np.uint8).ravel())
-
-
-def label_encoding(num_classes: int) -> str:
-    """mono8 when every class id (and IGNORE) fits a byte, else mono16."""
-    return "mono8" if num_classes <= 255 else "mono16"
-
-
 @dataclass(frozen=True)
 class FrameIndex:
     """Where one image message lies in the bag."""
 
     log_time: int      # record time, ns (what the bag is ordered and replayed by)
     stamp: int         # header stamp, ns (what frames, labels and outputs are matched by)
+    record: int = 0    # position in record order (0 = the first image message recorded)
 
 
-def _open_reader(path: Path) -> Reader:
+def bare_mcap(path: Path) -> Path | None:
+    """The .mcap file to read without metadata.yaml, or None when ``path`` is no bare mcap."""
+    if path.is_file():
+        return path if path.suffix == ".mcap" and not (path.parent / "metadata.yaml").exists() \
+            else None
+    if (path / "metadata.yaml").exists():
+        return None
+    files = sorted(path.glob("*.mcap"))
+    if len(files) > 1:
+        raise InputError(f"{path} holds {len(files)} .mcap files and no metadata.yaml: pass "
+                         f"one file ({files[0].name}, ...), or reindex the split bag with "
+                         "`ros2 bag reindex`")
+    return files[0] if files else None
+
+
+def _open_reader(path: Path) -> tuple[Any, str]:
+    """An open rosbags reader of ``path`` and what it is ("rosbag2 <storage>", "bare mcap")."""
     if not path.exists():
         raise InputError(f"bag {path} does not exist; pass a rosbag2 directory (with "
-                         "metadata.yaml) or its .db3/.mcap file")
-    bag_dir = path.parent if path.is_file() else path
-    if not (bag_dir / "metadata.yaml").exists():
-        raise InputError(f"{bag_dir} has no metadata.yaml: not a rosbag2 bag (or a truncated "
-                         "copy); record it again or run `ros2 bag reindex` on it")
+                         "metadata.yaml), its .db3/.mcap file, or a bare .mcap file")
+    bare = bare_mcap(path)
+    if bare is not None:
+        reader: Any = McapReader(bare)
+        what, where = "bare mcap", bare
+    else:
+        bag_dir = path.parent if path.is_file() else path
+        if not (bag_dir / "metadata.yaml").exists():
+            raise InputError(f"{bag_dir} has no metadata.yaml: not a rosbag2 bag (or a "
+                             "truncated copy); record it again or run `ros2 bag reindex` on "
+                             "it (a bare .mcap file is read without one)")
+        reader, what, where = Reader(bag_dir), "rosbag2", bag_dir
     try:
-        reader = Reader(bag_dir)
         reader.open()
     except _BAG_ERRORS as exc:
-        raise InputError(f"bag {bag_dir} cannot be read ({exc}); it may be truncated or "
+        raise InputError(f"bag {where} cannot be read ({exc}); it may be truncated or "
                          "corrupt: re-record it, or try `ros2 bag reindex`") from exc
-    return reader
+    if what == "rosbag2":
+        what += " mcap" if any(where.glob("*.mcap")) else " sqlite3"
+    return reader, what
+
+
+def bag_name(path: Path) -> str:
+    """A bag's video name: its folder's name, or a bare .mcap file's stem."""
+    if path.is_file():
+        return path.stem if bare_mcap(path) is not None else path.parent.name
+    return path.name
+
+
+def out_of_order(stamps: list[int]) -> int:
+    """Records whose stamp is older than the newest stamp recorded before them."""
+    newest, count = None, 0
+    for stamp in stamps:
+        if newest is not None and stamp < newest:
+            count += 1
+        else:
+            newest = stamp
+    return count
 
 
 class BagSource:
     """An open bag: an image topic as lazy frames, an optional label topic matched by stamp.
 
     image_topic None picks the only image topic of the bag (an error lists them when there
-    are several). Use as a context manager or call :meth:`close`.
+    are several). ``order`` "stamp" (default) reads the frames in header-stamp order, "record"
+    in the order they were recorded. Use as a context manager or call :meth:`close`.
     """
 
     def __init__(self, path: str | Path, image_topic: str | None = None,
                  label_topic: str | None = None, id_map: Mapping[int, int] | None = None,
-                 ignore: tuple[int, ...] = ()) -> None:
+                 ignore: tuple[int, ...] = (), order: str = "stamp") -> None:
+        if order not in ORDERS:
+            raise InputError(f"frame order {order!r} is not one of {', '.join(ORDERS)}")
         self.path = Path(path)
-        self._reader = _open_reader(self.path)
+        self.order = order
+        self._reader, self.storage = _open_reader(self.path)
         try:
             self.topics = {c.topic: c.msgtype for c in self._reader.connections}
+            self.message_counts: dict[str, int] = {}
+            for c in self._reader.connections:
+                self.message_counts[c.topic] = (self.message_counts.get(c.topic, 0)
+                                                + int(getattr(c, "msgcount", 0) or 0))
             self.image_topic = self._pick_image_topic(image_topic, label_topic)
             self.image_type = self.topics[self.image_topic]
             self._image_conns = [c for c in self._reader.connections
                                  if c.topic == self.image_topic]
-            self.index = self._scan_images()
+            self.bad_records: dict[int, str] = {}    # record -> why it cannot be read
+            self.records = self._scan_images()
+            self._first_at: dict[int, int] = {}
+            for entry in self.records:
+                self._first_at.setdefault(entry.log_time, entry.record)
+            self.out_of_order = out_of_order([f.stamp for f in self.records])
+            self.index = (sorted(self.records, key=lambda f: (f.stamp, f.record))
+                          if order == "stamp" else list(self.records))
             self.label_topic = label_topic
             self._id_map = dict(id_map) if id_map else None
             self._ignore = tuple(ignore)
             self.label_log_times: dict[int, int] = {}
+            self.label_sizes: dict[int, tuple[int, int]] = {}    # stamp -> (H, W)
             if label_topic is not None:
                 self.label_log_times = self._scan_labels(label_topic)
         except BaseException:
@@ -225,10 +254,17 @@ class BagSource:
                              f"deserialised ({exc}); the bag is corrupt") from exc
 
     def _scan_images(self) -> list[FrameIndex]:
-        index = []
+        """Every image message in record order; one that cannot be deserialised keeps the
+        previous record's stamp (so it stays in place) and is noted in ``bad_records``."""
+        index: list[FrameIndex] = []
         for conn, log_time, raw in self._messages(self._image_conns):
-            msg = self._deserialize(raw, conn.msgtype, self.image_topic)
-            index.append(FrameIndex(log_time, stamp_ns(msg.header)))
+            record = len(index)
+            try:
+                stamp = stamp_ns(self._deserialize(raw, conn.msgtype, self.image_topic).header)
+            except InputError as exc:
+                self.bad_records[record] = str(exc)
+                stamp = index[-1].stamp if index else 0
+            index.append(FrameIndex(log_time, stamp, record))
         if not index:
             raise InputError(f"topic {self.image_topic!r} of bag {self.path} has no messages")
         return index
@@ -250,7 +286,10 @@ class BagSource:
                 raise InputError(f"label topic {topic!r} of bag {self.path} has encoding "
                                  f"{msg.encoding!r}; class ids need "
                                  f"{', '.join(LABEL_ENCODINGS)}")
-            by_stamp.setdefault(stamp_ns(msg.header), log_time)
+            stamp = stamp_ns(msg.header)
+            if stamp not in by_stamp:
+                by_stamp[stamp] = log_time
+                self.label_sizes[stamp] = (int(msg.height), int(msg.width))
         frame_stamps = {f.stamp for f in self.index}
         if not frame_stamps & set(by_stamp):
             raise InputError(
@@ -269,26 +308,32 @@ class BagSource:
         return [f.stamp for f in self.index]
 
     def raw_image(self, i: int) -> tuple[Any, int, bytes]:
-        """(connection, log time, serialised bytes) of image message ``i``."""
+        """(connection, log time, serialised bytes) of image ``i`` (in reading order)."""
         entry = self.index[i]
-        if self._cursor is None or self._cursor_next != i:
+        if self._cursor is None or self._cursor_next != entry.record:
             # Jump: restart the stream at this record time, skip earlier same-time messages.
             self._cursor = self._messages(self._image_conns, start=entry.log_time)
-            self._cursor_next = next(k for k, f in enumerate(self.index)
-                                     if f.log_time == entry.log_time)
+            self._cursor_next = self._first_at[entry.log_time]
         while True:
             item = next(self._cursor, None)
             if item is None:
                 raise InputError(f"image {i} of bag {self.path} vanished while reading; the "
                                  "bag changed on disk")
             self._cursor_next += 1
-            if self._cursor_next - 1 == i:
+            if self._cursor_next - 1 == entry.record:
                 return item
 
-    def frame(self, i: int) -> np.ndarray:
+    def message(self, i: int) -> Any:
+        """Image ``i`` deserialised (InputError when it cannot be)."""
+        reason = self.bad_records.get(self.index[i].record)
+        if reason is not None:
+            raise InputError(reason)
         conn, _, raw = self.raw_image(i)
-        return decode_frame(self._deserialize(raw, conn.msgtype, self.image_topic),
-                            conn.msgtype)
+        return self._deserialize(raw, conn.msgtype, self.image_topic)
+
+    def frame(self, i: int) -> np.ndarray:
+        """Image ``i`` as (H, W, 3) uint8 BGR; InputError (the node's reason) when bad."""
+        return decode_frame(self.message(i), self.image_type)
 
     def frames(self) -> LazySequence[np.ndarray]:
         """All frames, decoded on demand, (H, W, 3) uint8 BGR."""
@@ -325,51 +370,6 @@ class BagSource:
         self._reader.close()
 
     def __enter__(self) -> BagSource:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-
-class BagWriter:
-    """Writes a rosbag2 bag (sqlite3 or mcap): image topics, label topics, raw copies."""
-
-    def __init__(self, path: str | Path, storage: str = "mcap") -> None:
-        self.path = Path(path)
-        if self.path.exists():
-            raise InputError(f"output bag {self.path} already exists; remove it or choose "
-                             "another path")
-        plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}.get(storage)
-        if plugin is None:
-            raise InputError(f"bag storage {storage!r} is not one of mcap, sqlite3")
-        self._writer = Writer(self.path, version=9, storage_plugin=plugin)
-        try:
-            self._writer.open()
-        except WriterError as exc:
-            raise InputError(f"cannot create bag {self.path}: {exc}") from exc
-        self._conns: dict[str, Any] = {}
-
-    def _conn(self, topic: str, msgtype: str) -> Any:
-        if topic not in self._conns:
-            self._conns[topic] = self._writer.add_connection(topic, msgtype,
-                                                             typestore=typestore())
-        return self._conns[topic]
-
-    def write(self, topic: str, msg: Any, log_time: int) -> None:
-        """Serialise and write one rosbags message."""
-        msgtype = msg.__msgtype__
-        self._writer.write(self._conn(topic, msgtype), log_time,
-                           typestore().serialize_cdr(msg, msgtype))
-
-    def write_raw(self, topic: str, msgtype: str, raw: bytes, log_time: int) -> None:
-        """Copy an already serialised message (the input images, byte for byte)."""
-        self._writer.write(self._conn(topic, msgtype), log_time, raw)
-
-    def close(self) -> None:
-        self._writer.close()
-
-    def __enter__(self) -> BagWriter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,

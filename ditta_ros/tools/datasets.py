@@ -4,6 +4,10 @@ Every source is a list of :class:`VideoRef` (a name and a way to open it), so ``
 and ``--shard K/N`` pick videos before anything is decoded. Opening gives a :class:`Video`:
 lazy ``(H, W, 3) uint8 BGR`` frames, optional lazy ``(H, W) int64`` ground truth (255 =
 ignore, ``None`` for a frame without labels), and header stamps where the source has them.
+
+Bags are scanned when listed (:mod:`ditta_ros.tools.bagscan`): their bad frames, resolution
+segments and ordering are known before any model loads, and the opened :class:`Video`
+carries the segments to evaluate.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import numpy as np
 
 from ditta_ros.engine.errors import InputError
 from ditta_ros.engine.metrics import vspw_ground_truth
-from ditta_ros.tools.bags import BagSource
+from ditta_ros.tools.bags import ORDERS, BagSource, bag_name, bare_mcap
+from ditta_ros.tools.bagscan import BagScan, Segment, scan_bag, split_segments
 from ditta_ros.tools.lazy import LazySequence
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -35,6 +40,9 @@ class Video:
     stamps: Sequence[int] | None = None                        # header stamps, ns
     bag: BagSource | None = None                               # set for bag sources
     closers: list[Callable[[], None]] = field(default_factory=list)
+    segments: list[Segment] | None = None    # None: one segment, every frame (not scanned)
+    scan: BagScan | None = None              # what the up-front scan found (bags)
+    rejected: dict[str, int] = field(default_factory=dict)   # files: reason -> frames
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -51,6 +59,7 @@ class VideoRef:
 
     name: str
     open: Callable[[], Video]
+    scan: BagScan | None = None              # bags: the up-front scan
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -121,8 +130,9 @@ def _vspw_opener(folder: Path, name: str, num_classes: int) -> Callable[[], Vide
                 return None
             return vspw_ground_truth(read_raw_mask(masks[i]), num_classes)
 
+        segments, rejected = image_segments(images)
         return Video(name, LazySequence(len(images), lambda i: read_image(images[i])),
-                     LazySequence(len(images), gt))
+                     LazySequence(len(images), gt), segments=segments, rejected=rejected)
     return open_video
 
 
@@ -137,8 +147,10 @@ def image_folder_videos(root: str | Path) -> list[VideoRef]:
     subs = sorted((p for p in base.iterdir() if p.is_dir() and _images_in(p)),
                   key=_natural_key)
     if not subs:
-        raise InputError(f"{base} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no "
-                         "folders of images")
+        raise InputError(f"{base} is not a bag (no metadata.yaml, no .mcap file), not a VSPW "
+                         f"root (no data/ folder), and holds no images "
+                         f"({', '.join(IMAGE_SUFFIXES)}) nor folders of images: pass a bag, "
+                         "a VSPW root, an image folder or a video file")
     return [VideoRef(p.name, _image_folder_opener(p)) for p in subs]
 
 
@@ -148,7 +160,33 @@ def _image_folder_opener(folder: Path) -> Callable[[], Video]:
 
 def _open_image_folder(folder: Path, name: str) -> Video:
     images = _images_in(folder)
-    return Video(name, LazySequence(len(images), lambda i: read_image(images[i])))
+    segments, rejected = image_segments(images)
+    return Video(name, LazySequence(len(images), lambda i: read_image(images[i])),
+                 segments=segments, rejected=rejected)
+
+
+def image_segments(paths: Sequence[Path]) -> tuple[list[Segment], dict[str, int]]:
+    """Segments of an image sequence from the files' headers (nothing is decoded): a size
+    change starts a new segment, as in a bag; a file that is no readable image is left out
+    and counted (reason -> files)."""
+    from PIL import Image, UnidentifiedImageError
+
+    sizes: dict[int, tuple[int, int]] = {}
+    rejected: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):   # OpenCV rotates these
+                    width, height = height, width
+        except (OSError, UnidentifiedImageError, ValueError):
+            rejected["unreadable image file"] = rejected.get("unreadable image file", 0) + 1
+            continue
+        if width < 1 or height < 1:
+            rejected["empty image file"] = rejected.get("empty image file", 0) + 1
+            continue
+        sizes[i] = (height, width)
+    return split_segments(sizes, len(paths)), rejected
 
 
 class _VideoFileFrames:
@@ -207,39 +245,61 @@ def video_file_videos(path: str | Path) -> list[VideoRef]:
 # -- bags ------------------------------------------------------------------------------------
 def bag_videos(paths: Sequence[str | Path], image_topic: str | None = None,
                label_topic: str | None = None, id_map: Mapping[int, int] | None = None,
-               ignore: tuple[int, ...] = ()) -> list[VideoRef]:
-    """Each bag is one video, named after its folder.
+               ignore: tuple[int, ...] = (), order: str = "stamp",
+               progress: bool = False) -> list[VideoRef]:
+    """Each bag is one video, named after its folder (a bare .mcap after its file).
 
-    Every bag is opened once here, so a missing topic, a wrong label type, unmatched stamps
-    or a truncated file are reported before any model is loaded.
+    Every bag is opened and scanned here (every frame checked as the node checks it), so a
+    missing topic, a wrong label type, unmatched stamps or a truncated file raise, and bad
+    frames, resolution segments and out-of-order records are known (``ref.scan``), before
+    any model is loaded.
     """
+    if order not in ORDERS:
+        raise InputError(f"frame order {order!r} is not one of {', '.join(ORDERS)}")
     refs = []
     for path in paths:
         bag_path = Path(path)
-        name = (bag_path.parent if bag_path.is_file() else bag_path).name
-        BagSource(bag_path, image_topic, label_topic, id_map, ignore).close()
+        name = bag_name(bag_path)
+        with BagSource(bag_path, image_topic, label_topic, id_map, ignore, order) as source:
+            scan = _scan_with_bar(source, progress)
 
-        def open_video(bag_path: Path = bag_path, name: str = name) -> Video:
-            source = BagSource(bag_path, image_topic, label_topic, id_map, ignore)
-            return Video(name, source.frames(), source.ground_truth(), source.stamps,
-                         bag=source, closers=[source.close])
-        refs.append(VideoRef(name, open_video))
+        def open_video(bag_path: Path = bag_path, name: str = name,
+                       scan: BagScan = scan) -> Video:
+            source = BagSource(bag_path, image_topic, label_topic, id_map, ignore, order)
+            truth = source.ground_truth()
+            if truth is not None and scan.bad_labels:
+                bad, labels = scan.bad_labels, truth
+                truth = LazySequence(len(source), lambda i: None if i in bad else labels[i])
+            return Video(name, source.frames(), truth, source.stamps, bag=source,
+                         closers=[source.close], segments=list(scan.segments), scan=scan)
+        refs.append(VideoRef(name, open_video, scan))
     names = [r.name for r in refs]
     if len(set(names)) != len(names):
         raise InputError(f"bag names must be unique (results are stored by name): {names}")
     return refs
 
 
+def _scan_with_bar(source: BagSource, progress: bool) -> BagScan:
+    from tqdm import tqdm
+
+    with tqdm(total=len(source), desc=f"scan {source.path.name}", unit="frame",
+              disable=not progress, leave=False) as bar:
+        return scan_bag(source, lambda done, total: bar.update(done - bar.n))
+
+
 def is_bag(path: Path) -> bool:
     if path.is_file():
         return path.suffix in (".db3", ".mcap")
-    return (path / "metadata.yaml").is_file()
+    return (path / "metadata.yaml").is_file() or (path.is_dir() and bare_mcap(path)
+                                                  is not None)
 
 
 def detect_kind(path: Path) -> str:
     """bag, vspw, images or video, from what lies at ``path``."""
     if not path.exists():
         raise InputError(f"source {path} does not exist")
+    if path.is_dir() and any(path.glob("*.mcap")) and not (path / "metadata.yaml").exists():
+        bare_mcap(path)          # several .mcap files without metadata.yaml: an error
     if is_bag(path):
         return "bag"
     if path.is_file():
@@ -249,9 +309,9 @@ def detect_kind(path: Path) -> str:
                          f"({', '.join(VIDEO_SUFFIXES)}); pass --source-type")
     if (path / "data").is_dir():
         return "vspw"
-    if path.is_dir() and any(p.suffix in (".db3", ".mcap") for p in path.iterdir()):
-        raise InputError(f"{path} holds bag files but no metadata.yaml: the bag is incomplete "
-                         "(truncated copy?); run `ros2 bag reindex` on it")
+    if path.is_dir() and any(p.suffix == ".db3" for p in path.iterdir()):
+        raise InputError(f"{path} holds .db3 bag files but no metadata.yaml: the bag is "
+                         "incomplete (truncated copy?); run `ros2 bag reindex` on it")
     return "images"
 
 

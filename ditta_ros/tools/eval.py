@@ -24,7 +24,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from ditta_ros.config import DittaConfig
 from ditta_ros.engine.errors import ConfigError, DittaError, InputError
@@ -49,13 +49,23 @@ from ditta_ros.tools.report import METHODS
 
 
 # -- command line ----------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage on errors: ``usage`` then ``prog: error: ...``, each
+    error naming the flag (the full option list stays in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"usage: {self.format_usage().split(':', 1)[-1].strip()} (--help for "
+                     f"all options)\n{self.prog}: error: {message}\n")
+
+
 def _parse_shard(text: str) -> tuple[int, int]:
     try:
         k, n = (int(v) for v in text.split("/"))
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--shard takes K/N, e.g. 0/4; got {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"takes K/N, e.g. 0/4; got {text!r}") from exc
     if n < 1 or not 0 <= k < n:
-        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= K < N")
+        raise argparse.ArgumentTypeError(f"{text} is not a shard: need 0 <= K < N (K counts "
+                                         "from 0), e.g. 0/2 and 1/2")
     return k, n
 
 
@@ -64,21 +74,22 @@ def _parse_set(text: str) -> tuple[str, str, str]:
         key, value = text.split("=", 1)
         section, name = key.split(".", 1)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--set takes section.field=value, e.g. "
+        raise argparse.ArgumentTypeError(f"takes section.field=value, e.g. "
                                          f"teacher.reliability_threshold=0.5; got {text!r}") \
             from exc
     return section, name, value
 
 
-def run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def run_parser() -> Parser:
+    p = Parser(
         prog="ditta-eval",
+        usage="%(prog)s SOURCE [SOURCE ...] -o OUTPUT [options]",
         description="Evaluate DiTTA against the ISS model and SAM2 refinement on the same "
                     "post-warm-up frames (mIoU, wIoU, mVC8, mVC16, FPS). "
                     "`ditta-eval merge OUT SHARD_DIR...` pools shard results.")
     p.add_argument("sources", nargs="+", type=Path,
                    help="bag folders/files, one VSPW root, image folders or video files")
-    p.add_argument("-o", "--output", type=Path, required=True,
+    p.add_argument("-o", "--output", type=Path,
                    help="result folder (per-video JSON, report.json/.md, plots); re-running "
                         "into it skips finished videos")
     p.add_argument("--source-type", choices=("auto", "bag", "vspw", "images", "video"),
@@ -92,6 +103,14 @@ def run_parser() -> argparse.ArgumentParser:
                    help="bags: raw label -> class table (JSON or 'raw class' lines)")
     p.add_argument("--label-ignore", type=int, action="append", default=[],
                    help="bags: raw label value to ignore (repeatable)")
+    p.add_argument("--record-order", action="store_true",
+                   help="bags: read frames in the order they were recorded (default: in "
+                        "header-stamp order, the order the camera produced them; records "
+                        "out of stamp order are counted and reported)")
+    p.add_argument("--check-only", action="store_true",
+                   help="scan the sources and print what they hold (topics, counts, sizes, "
+                        "encodings, out-of-order stamps, bad frames, resolution segments); "
+                        "load no model; exit 2 only when nothing is evaluable")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated, from {', '.join(METHODS)} (default: all)")
     warm = p.add_mutually_exclusive_group()
@@ -214,7 +233,9 @@ def sources_from_args(args: argparse.Namespace, num_classes: int) -> list[datase
             from ditta_ros.tools.bags import read_id_map
             id_map = read_id_map(args.label_map)
         return datasets.bag_videos(args.sources, args.image_topic, args.label_topic, id_map,
-                                   tuple(args.label_ignore))
+                                   tuple(args.label_ignore),
+                                   "record" if args.record_order else "stamp",
+                                   progress=not args.no_progress)
     refs: list[datasets.VideoRef] = []
     for source in args.sources:
         if kind == "vspw":
@@ -226,24 +247,95 @@ def sources_from_args(args: argparse.Namespace, num_classes: int) -> list[datase
     return refs
 
 
+def check_flags(parser: Parser, args: argparse.Namespace) -> None:
+    """Flag mistakes found before anything is read: one line naming the flag (exit 2)."""
+    if args.output is None and not args.check_only:
+        parser.error("the following arguments are required: -o/--output")
+    for flag, value in (("--segformer", args.segformer),
+                        ("--sam2-checkpoint", args.sam2_checkpoint),
+                        ("--label-map", args.label_map)):
+        if value and not Path(value).exists():
+            parser.error(f"{flag} {value}: no such file or folder (give a local path; "
+                         "nothing is downloaded)")
+    if args.warmup_frames is not None and args.warmup_frames < 1:
+        parser.error(f"--warmup-frames must be >= 1, got {args.warmup_frames}")
+    if args.warmup_ratio is not None and not 1 <= args.warmup_ratio <= 100:
+        parser.error(f"--warmup-ratio is a percentage in [1, 100], got {args.warmup_ratio}")
+    if args.videos is not None and args.videos < 1:
+        parser.error(f"--videos must be >= 1, got {args.videos}")
+    unknown = [m for m in args.methods.split(",") if m.strip() and m.strip() not in METHODS]
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)}; choose from "
+                     f"{', '.join(METHODS)}")
+    if args.live and args.record_order:
+        parser.error("--record-order does not apply to --live (the bag is replayed as "
+                     "recorded)")
+
+
+def check_only(refs: Sequence[datasets.VideoRef], config: DittaConfig,
+               options: EvalOptions) -> int:
+    """Print the scan of every source; 0 when something is evaluable, else 2."""
+    from ditta_ros.tools.evaluation import warmup_rule
+
+    warmup_of = warmup_rule(config, options)
+    evaluable = 0
+    for ref in refs:
+        if ref.scan is not None:
+            print("\n".join(ref.scan.lines(warmup_of)))
+            evaluable += ref.scan.evaluated_frames(warmup_of) > 0
+        else:
+            line, ok = _describe_unscanned(ref, warmup_of)
+            print(line)
+            evaluable += ok
+    print(f"\ncheck: {evaluable} of {len(refs)} videos evaluable")
+    if not evaluable:
+        print("ditta-eval: error: nothing is evaluable (see the scan above)", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _describe_unscanned(ref: datasets.VideoRef, warmup_of: Any) -> tuple[str, bool]:
+    """One line on a video of a folder or file source, and whether it is evaluable."""
+    video = ref.open()
+    try:
+        frames, segments, rejected = len(video), video.segments, dict(video.rejected)
+    finally:
+        video.close()
+    if segments is None:             # video files: not checked frame by frame
+        warmup = warmup_of(frames)
+        return (f"video {ref.name}: {frames} frames, warm-up {warmup}, "
+                f"{max(frames - warmup, 0)} evaluated (a video file is not checked frame "
+                "by frame)", warmup < frames)
+    evaluated = sum(len(s) - warmup_of(len(s)) for s in segments
+                    if warmup_of(len(s)) < len(s))
+    sizes = ", ".join(f"{s.width}x{s.height} ({len(s)})" for s in segments)
+    bad = "; ".join(f"{n} x {kind}" for kind, n in rejected.items()) or "none rejected"
+    return (f"video {ref.name}: {frames} frames; {bad}; {len(segments)} segment(s): "
+            f"{sizes or 'none'}; {evaluated} evaluated", evaluated > 0)
+
+
 def run_main(argv: Sequence[str]) -> int:
-    args = run_parser().parse_args(argv)
+    parser = run_parser()
+    args = parser.parse_args(argv)
+    check_flags(parser, args)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     classes = load_classes(args.classes)
     num_classes = args.num_classes or classes.num_classes
     config = build_config(args, num_classes)
-    options = EvalOptions(output=args.output, methods=methods,
+    options = EvalOptions(output=args.output or Path("."), methods=methods,
                           warmup_frames=args.warmup_frames, classes=args.classes,
                           plots=not args.no_plots, strip_frames=args.strip_frames,
                           dump_colors=args.dump_colors, output_bag=args.output_bag,
                           bag_storage=args.bag_storage, progress=not args.no_progress)
-    if args.live:
+    if args.live and not args.check_only:   # --check-only scans the bag, node or not
         from ditta_ros.tools.live import live_main
 
         return live_main(args, config, options)
     refs = select_videos(sources_from_args(args, num_classes), args.videos, args.shard)
     if not refs:
         raise InputError("no video selected (check the sources, --videos and --shard)")
+    if args.check_only:
+        return check_only(refs, config, options)
     report = evaluate(refs, config, options)
     print((args.output / "report.md").read_text().split("## Per video")[0].rstrip())
     print(f"\nreport: {args.output / 'report.md'} and report.json "
@@ -252,10 +344,9 @@ def run_main(argv: Sequence[str]) -> int:
 
 
 def merge_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="ditta-eval merge",
-                                description="Pool the results of several ditta-eval shard "
-                                            "folders into one report (same numbers as a single "
-                                            "run).")
+    p = Parser(prog="ditta-eval merge", usage="%(prog)s OUTPUT SHARD_DIR [SHARD_DIR ...]",
+               description="Pool the results of several ditta-eval shard folders into one "
+                           "report (same numbers as a single run).")
     p.add_argument("output", type=Path, help="folder for the merged report")
     p.add_argument("shards", type=Path, nargs="+", help="shard output folders")
     p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
@@ -273,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         if args and args[0] == "merge":
             return merge_main(args[1:])
         return run_main(args)
+    except SystemExit as exc:          # --help, or a usage error already printed (one line)
+        return exc.code if isinstance(exc.code, int) else 2
     except DittaError as exc:
         print(f"ditta-eval: error: {exc}", file=sys.stderr)
         return 2

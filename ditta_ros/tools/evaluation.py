@@ -14,20 +14,27 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import cv2
 import numpy as np
 
 from ditta_ros.config import DittaConfig
 from ditta_ros.engine.errors import ConfigError, InputError
-from ditta_ros.labels import ClassSet, colorize, load_classes
+from ditta_ros.labels import ClassSet, load_classes
 from ditta_ros.tools import datasets
-from ditta_ros.tools.bags import BagWriter, label_encoding, make_image
+from ditta_ros.tools.evalframes import (  # noqa: F401 - Scorer, strip_indices: public here too
+    EvalOptions,
+    FrameOutputs,
+    Scorer,
+    VideoScoring,
+    plan_video,
+    segment_frames,
+    strip_indices,
+    warmup_rule,
+)
 from ditta_ros.tools.report import (
-    METHODS,
     MethodResult,
     VideoResult,
     build_report,
@@ -41,31 +48,6 @@ from ditta_ros.tools.report import (
 
 SAM2_TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 RANDOM_SAM2_IMAGE_SIZE = 256
-DEFAULT_FPS = 30.0   # stamps given to frames of sources without time (folders, VSPW)
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """What to run and what to write (everything but the engine's own configuration)."""
-
-    output: Path
-    methods: tuple[str, ...] = METHODS
-    warmup_frames: int | None = None     # None: config.adaptation.warmup_ratio percent
-    classes: str = "vspw"                # class names and palette of the report and plots
-    plots: bool = True
-    strip_frames: int = 6
-    dump_colors: bool = False
-    output_bag: bool = False
-    bag_storage: str = "mcap"
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ConfigError(f"unknown methods {unknown or '(none given)'}; choose from "
-                              f"{', '.join(METHODS)}")
-        if self.warmup_frames is not None and self.warmup_frames < 1:
-            raise ConfigError(f"--warmup-frames must be >= 1, got {self.warmup_frames}")
 
 
 def _warmup_text(config: DittaConfig, options: EvalOptions) -> str:
@@ -139,53 +121,11 @@ def build_models(config: DittaConfig, methods: Sequence[str], warn: Callable[[st
 
 
 # -- one video -------------------------------------------------------------------------------
-@dataclass
-class Scorer:
-    """One method's metrics on one video, fed frame by frame (live mode uses it too)."""
-
-    result: MethodResult
-    _window: dict[int, float] = field(default_factory=dict)   # mVC8 window start -> score
-    _k: int = 0                                                # evaluated frames so far
-
-    def add(self, pred: np.ndarray, gt: np.ndarray | None, label_free: bool,
-            seconds: float) -> None:
-        res = self.result
-        res.frames += 1
-        res.inference_s += seconds
-        if gt is None and not label_free:
-            # No ground truth for this frame: windows cannot span it.
-            for vc in res.consistency.values():
-                vc.start_video()
-            res.accuracy.append(None)
-        else:
-            if gt is not None:
-                res.confusion.update(pred, gt)
-                valid = (gt >= 0) & (gt < res.confusion.num_classes) & (gt != 255)
-                res.accuracy.append(float((pred[valid] == gt[valid]).mean())
-                                    if valid.any() else None)
-            else:
-                res.accuracy.append(None)
-            # Without any ground truth every pixel counts as GT-constant: mVC then measures
-            # how stable the predictions are.
-            target = gt if gt is not None else np.zeros(pred.shape, np.int64)
-            vc8 = res.consistency[8]
-            before_sum, before_count = vc8.total, vc8.count
-            for vc in res.consistency.values():
-                vc.update(pred, target)
-            if vc8.count > before_count:
-                self._window[self._k - 8] = vc8.total - before_sum
-        self._k += 1
-
-    def finish(self) -> MethodResult:
-        last = max(self._window, default=-1)
-        self.result.window_scores = [self._window.get(i) for i in range(last + 1)]
-        return self.result
-
-
 def _method_iterators(name: str, models: Models, frames: Sequence[np.ndarray],
-                      config: DittaConfig, warmup: int, result: MethodResult
-                      ) -> Iterator[tuple[int, np.ndarray, float]]:
-    """Start one method on a video (its warm-up work runs now) and yield its frames."""
+                      config: DittaConfig, warmup: int, result: MethodResult,
+                      note_prefix: str = "") -> Iterator[tuple[int, np.ndarray, float]]:
+    """Start one method on a video or segment (its warm-up work runs now; nothing carries
+    over from an earlier segment) and yield its frames."""
     start = time.perf_counter()
     if name == "sam2-refine":
         from ditta_ros.engine.baselines import sam2_refine
@@ -194,79 +134,16 @@ def _method_iterators(name: str, models: Models, frames: Sequence[np.ndarray],
             raise ConfigError("sam2-refine needs SAM2: build the models with this method")
         refine = sam2_refine(models.model, models.teacher.propagator, frames, config, warmup)
         if refine.summary.reason:
-            result.notes.append(refine.summary.reason)
+            result.notes.append(note_prefix + refine.summary.reason)
         return ((f.index, f.labels, f.inference_s) for f in refine)
     from ditta_ros.engine.runner import run_w2f
 
     run = run_w2f(models.model, models.teacher if name == "ditta" else None, frames, config,
                   warmup=warmup, iss_only=name == "iss")
     if name == "ditta":
-        result.adaptation_s = time.perf_counter() - start
-        result.notes.append(run.summary.reason)
+        result.adaptation_s += time.perf_counter() - start
+        result.notes.append(note_prefix + run.summary.reason)
     return ((f.index, f.labels, f.inference_s) for f in run)
-
-
-def strip_indices(first: int, total: int, count: int) -> list[int]:
-    if count <= 0 or total <= first:
-        return []
-    picks = np.linspace(first, total - 1, num=min(count, total - first))
-    return sorted({int(round(p)) for p in picks})
-
-
-class _Outputs:
-    """Optional per-frame outputs of one video: colour dumps and the output bag."""
-
-    def __init__(self, out_dir: Path, video: datasets.Video, options: EvalOptions,
-                 classes: ClassSet, num_classes: int) -> None:
-        self.options, self.classes, self.video = options, classes, video
-        self.encoding = label_encoding(num_classes)
-        self.colors = out_dir / "colors" / video.name if options.dump_colors else None
-        self.writer: BagWriter | None = None
-        if options.output_bag:
-            bag_dir = out_dir / "bags" / video.name
-            if bag_dir.exists():          # a partial bag of an interrupted run
-                shutil.rmtree(bag_dir)
-            bag_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = BagWriter(bag_dir, options.bag_storage)
-
-    def frame(self, t: int, frame: np.ndarray, gt: np.ndarray | None,
-              preds: Mapping[str, np.ndarray]) -> None:
-        if self.colors is not None:
-            for method, labels in preds.items():
-                color = colorize(labels, self.classes.palette)              # RGB
-                overlay = cv2.addWeighted(frame, 0.5, color[..., ::-1], 0.5, 0.0)
-                folder = self.colors / method
-                folder.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(folder / f"{t:06d}_labels.png"), color[..., ::-1])
-                cv2.imwrite(str(folder / f"{t:06d}_overlay.jpg"), overlay)
-        if self.writer is not None:
-            self._bag_frame(self.writer, t, frame, gt, preds)
-
-    def _bag_frame(self, writer: BagWriter, t: int, frame: np.ndarray, gt: np.ndarray | None,
-                   preds: Mapping[str, np.ndarray]) -> None:
-        bag = self.video.bag
-        dtype = np.uint8 if self.encoding == "mono8" else np.uint16
-        if bag is not None:
-            conn, log_time, raw = bag.raw_image(t)
-            stamp = bag.index[t].stamp
-            writer.write_raw(bag.image_topic, conn.msgtype, raw, log_time)
-        else:
-            stamp = log_time = int(round(t * 1e9 / DEFAULT_FPS))
-            writer.write("/camera/image_raw", make_image(frame, "bgr8", stamp), log_time)
-        if gt is not None:
-            writer.write("/ditta_eval/ground_truth",
-                              make_image(gt.astype(dtype), self.encoding, stamp), log_time)
-        for method, labels in preds.items():
-            topic = f"/ditta_eval/{method.replace('-', '_')}"
-            writer.write(f"{topic}/labels",
-                              make_image(labels.astype(dtype), self.encoding, stamp), log_time)
-            writer.write(f"{topic}/labels_color",
-                              make_image(colorize(labels, self.classes.palette), "rgb8", stamp),
-                              log_time)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def evaluate_video(ref: datasets.VideoRef, models: Models, config: DittaConfig,
@@ -285,69 +162,36 @@ def evaluate_video(ref: datasets.VideoRef, models: Models, config: DittaConfig,
 def _evaluate_open_video(video: datasets.Video, models: Models, config: DittaConfig,
                          options: EvalOptions, classes: ClassSet, num_classes: int,
                          settings_key: str, bar: Any) -> VideoResult:
-    from ditta_ros.engine.runner import warmup_length
-
-    total = len(video)
-    warmup = (warmup_length(total, config.adaptation.warmup_ratio)
-              if options.warmup_frames is None else options.warmup_frames)
-    if warmup >= total:
-        raise InputError(f"video {video.name} has {total} frames; a warm-up of {warmup} "
-                         "leaves none to evaluate (lower --warmup-frames)")
-    first = video.frames[0]
-    results = {m: MethodResult.empty(num_classes) for m in options.methods}
-    scorers = {m: Scorer(results[m]) for m in options.methods}
-    label_free = video.ground_truth is None
-    if label_free:
-        for r in results.values():
-            r.notes.append("no ground truth: mVC measures prediction stability only")
-    streams = {}
-    for m in options.methods:
-        if bar is not None:
-            bar.set_postfix_str(f"{video.name}: warm-up of {m}")
-        streams[m] = _method_iterators(m, models, video.frames, config, warmup, results[m])
-    strip_ids = strip_indices(warmup, total, options.strip_frames if options.plots else 0)
-    strip: dict[str, list[np.ndarray]] = {m: [] for m in options.methods}
-    strip_frames: list[np.ndarray] = []
-    strip_gt: list[np.ndarray | None] = []
-    outputs = _Outputs(options.output, video, options, classes, num_classes)
-    labelled = 0
+    run = VideoScoring(video, plan_video(video, config, options), options, num_classes, bar)
+    outputs = FrameOutputs(options.output, video, options, classes, num_classes)
+    several = len(run.plan.segments) > 1
     try:
-        for t in range(warmup, total):
-            preds: dict[str, np.ndarray] = {}
-            seconds: dict[str, float] = {}
-            for m, stream in streams.items():
-                index, labels, seconds[m] = next(stream)
-                if index != t:
-                    raise InputError(f"method {m} returned frame {index}, expected {t} "
-                                     "(internal error)")
-                preds[m] = labels
-            gt = video.ground_truth[t] if video.ground_truth is not None else None
-            labelled += gt is not None
-            frame = video.frames[t]
-            for m, labels in preds.items():
-                scorers[m].add(labels, gt, label_free, seconds[m])
-            if t in strip_ids:
-                strip_frames.append(frame)
-                strip_gt.append(gt)
-                for m, labels in preds.items():
-                    strip[m].append(labels)
-            outputs.frame(t, frame, gt, preds)
-            if bar is not None:
-                bar.set_postfix_str(f"{video.name}: frame {t + 1}/{total}")
+        for segment, warmup in run.plan.evaluable:
+            prefix = f"segment {segment.index}: " if several else ""
+            run.start_segment()
+            frames = segment_frames(video, segment)
+            streams = {}
+            for m in options.methods:
+                run.status(f"{prefix}warm-up of {m}")
+                streams[m] = _method_iterators(m, models, frames, config, warmup,
+                                               run.results[m], prefix)
+            for j in range(warmup, len(segment)):
+                preds: dict[str, np.ndarray] = {}
+                seconds: dict[str, float] = {}
+                for m, stream in streams.items():
+                    index, labels, seconds[m] = next(stream)
+                    if index != j:
+                        raise InputError(f"method {m} returned frame {index}, expected {j} "
+                                         "(internal error)")
+                    preds[m] = labels
+                t = segment.frames[j]
+                frame, gt = run.score(t, preds, seconds)
+                outputs.frame(t, frame, gt, preds)
     finally:
         outputs.close()
-    result = VideoResult(video.name, total, warmup, labelled, int(first.shape[0]),
-                         int(first.shape[1]), {m: s.finish() for m, s in scorers.items()},
-                         settings_key)
+    result = run.result(settings_key)
     if options.plots:
-        from ditta_ros.tools import plots
-
-        folder = options.output / "plots"
-        plots.plot_over_time(video.name, warmup, result.methods,
-                             folder / f"{video.name}_over_time.png")
-        if strip_frames:
-            plots.plot_strip(video.name, strip_ids, strip_frames, strip_gt, strip,
-                             classes.palette, folder / f"{video.name}_strip.png")
+        run.plot(result, classes)
     return result
 
 
@@ -367,6 +211,7 @@ def evaluate(refs: Sequence[datasets.VideoRef], config: DittaConfig, options: Ev
     """Run every method on every video not finished yet; write and return the report."""
     say = warn or (lambda text: print(f"ditta-eval: {text}", file=sys.stderr))
     classes = load_classes(options.classes)
+    refs = evaluable_refs(refs, config, options, say)      # before any model loads
     models = models or build_models(config, options.methods, say)
     num_classes = int(models.model.num_classes)
     settings = run_settings(config, options, num_classes)
@@ -386,6 +231,31 @@ def evaluate(refs: Sequence[datasets.VideoRef], config: DittaConfig, options: Ev
     names = {r.name for r in refs}
     results = [r for r in load_results(out) if r.name in names]
     return finish_report(out, results, settings, classes, options.plots)
+
+
+def evaluable_refs(refs: Sequence[datasets.VideoRef], config: DittaConfig,
+                   options: EvalOptions, say: Callable[[str], None]
+                   ) -> list[datasets.VideoRef]:
+    """Warn about what the scans found; leave out bags with nothing to evaluate (InputError
+    when that leaves nothing at all)."""
+    warmup_of = warmup_rule(config, options)
+    kept = []
+    for ref in refs:
+        if ref.scan is None:
+            kept.append(ref)
+            continue
+        for line in ref.scan.warnings():
+            say(f"{ref.name}: {line}")
+        if ref.scan.evaluated_frames(warmup_of) > 0:
+            kept.append(ref)
+        else:
+            say(f"{ref.name}: nothing to evaluate (no segment of good frames is longer than "
+                "its warm-up): skipped; `ditta-eval --check-only` shows the scan")
+    if not kept:
+        raise InputError(f"nothing to evaluate in {len(refs)} source(s): every bag lacks a "
+                         "segment of good frames longer than its warm-up; run "
+                         "`ditta-eval --check-only` for the scan")
+    return kept
 
 
 def finish_report(out: Path, results: Sequence[VideoResult], settings: Mapping[str, Any],

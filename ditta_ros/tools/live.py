@@ -5,7 +5,10 @@ the node's input topic; every ``~/labels`` image the node publishes carries its 
 so outputs are matched to inputs by header stamp. Frames from the warm-up length on are
 scored as offline (the same metrics), plus the end-to-end latency (input published -> labels
 received) and the share of frames that got no labels (the node drops frames that arrive while
-it is busy: latest frame wins). ``ros2 bag play`` can be the player instead; see
+it is busy: latest frame wins). Frames the bag scan finds bad (the node's own checks) are
+sent too; the node rejects them, and they are counted as rejected, not as dropped. The
+throughput is frames answered per second of wall-clock time, from the first frame sent to
+the last labels received. ``ros2 bag play`` can be the player instead; see
 docs/evaluation.md.
 """
 
@@ -25,6 +28,7 @@ from ditta_ros.engine.errors import InputError
 from ditta_ros.engine.runner import warmup_length
 from ditta_ros.labels import load_classes
 from ditta_ros.tools.bags import COMPRESSED_TYPE, BagSource, labels_from_image, read_id_map
+from ditta_ros.tools.bagscan import scan_bag
 from ditta_ros.tools.evaluation import EvalOptions, Scorer, finish_report, run_settings
 from ditta_ros.tools.replay import RosPublisher, bag_items, localhost_only, play
 from ditta_ros.tools.report import MethodResult, VideoResult, save_video_result
@@ -122,6 +126,8 @@ class LiveRun:
     latency: dict[int, float]                # stamp -> seconds from publishing to labels
     height: int
     width: int
+    rejected: frozenset[int] = frozenset()   # stamps of the frames the node must reject
+    wall_s: float = 0.0                      # first frame sent -> last labels received
 
 
 def replay_into_node(bag: Path, node_input: str, node_labels: str,
@@ -138,10 +144,18 @@ def replay_into_node(bag: Path, node_input: str, node_labels: str,
     """
     localhost_only()
     with BagSource(bag, image_topic, label_topic, id_map, ignore) as source:
+        scan = scan_bag(source)
+        if not scan.segments:
+            raise InputError(f"bag {bag} has no good frame ({len(scan.rejected)} rejected); "
+                             "`ditta-eval --check-only` shows why")
         items = bag_items(source, node_input)
         stamps = source.stamps
-        truth = [source.labels(i) for i in range(len(source))] if label_topic else None
-        msgtype, first = source.image_type, source.frames()[0]
+        good = {i for s in scan.segments for i in s.frames}
+        truth = ([source.labels(i) if i in good and i not in scan.bad_labels else None
+                  for i in range(len(source))] if label_topic else None)
+        msgtype = source.image_type
+        first = scan.segments[0]
+        rejected = frozenset(r.stamp for r in scan.rejected)
     publisher = RosPublisher({} if external_player else {node_input: msgtype}, reliable=True,
                              domain_id=domain_id, node_name="ditta_eval_live")
     listener = _Listener(publisher, node_labels,
@@ -163,14 +177,16 @@ def replay_into_node(bag: Path, node_input: str, node_labels: str,
             sent = got.inputs
         else:
             stats = play(items, publisher.publish, rate)
+            publisher.wait_for_acks(quiet)    # the last frames reach the node before closing
             sent = {stamps[t]: when for t, when in stats.publish_times.items()}
-        got.wait_quiet(set(stamps), quiet)
+        got.wait_quiet(set(stamps) - rejected, quiet)
     finally:
         listener.close()
         publisher.close()
     latency = {s: got.arrival[s] - sent[s] for s in got.labels if s in sent}
-    return LiveRun(bag, stamps, truth, dict(got.labels), latency, int(first.shape[0]),
-                   int(first.shape[1]))
+    wall = (max(got.arrival.values()) - min(sent.values())) if got.arrival and sent else 0.0
+    return LiveRun(bag, stamps, truth, dict(got.labels), latency, first.height, first.width,
+                   rejected, max(wall, 0.0))
 
 
 def score_live(run: LiveRun, config: DittaConfig, options: EvalOptions,
@@ -186,33 +202,46 @@ def score_live(run: LiveRun, config: DittaConfig, options: EvalOptions,
     scorer = Scorer(MethodResult.empty(num_classes))
     result = scorer.result
     answered: list[int] = []
+    size: tuple[int, ...] = ()
     for t in range(warmup, total):
-        labels = run.labels.get(run.stamps[t])
+        stamp = run.stamps[t]
+        labels = run.labels.get(stamp)
+        if labels is not None and labels.shape != size:
+            scorer.break_windows()        # a resolution change: a new segment
+            size = labels.shape
         if labels is None:
-            result.dropped += 1
-            for vc in result.consistency.values():
-                vc.start_video()          # a dropped frame breaks every window over it
+            if stamp in run.rejected:
+                result.rejected += 1      # a bad frame: the node rejects it, as it should
+            else:
+                result.dropped += 1
+            scorer.break_windows()        # a frame without labels breaks every window
             continue
         answered.append(t)
-        if run.stamps[t] in run.latency:
-            result.latencies_s.append(run.latency[run.stamps[t]])
+        if stamp in run.latency:
+            result.latencies_s.append(run.latency[stamp])
         gt = run.truth[t] if run.truth is not None else None
+        if gt is not None and gt.shape != labels.shape:
+            gt = None                     # a label of another size than its frame
         scorer.add(labels, gt, run.truth is None, 0.0)
-    if len(answered) > 1:
-        # Throughput of the node as seen from outside: answered frames per second of replay.
-        first, last = run.stamps[answered[0]], run.stamps[answered[-1]]
-        span = (last - first) / 1e9 + run.latency.get(last, 0.0) - run.latency.get(first, 0.0)
-        result.inference_s = max(span, 1e-9)
-    result.notes.append(f"live: {result.dropped} of {total - warmup} evaluated frames "
-                        "got no labels")
+    # Throughput as seen from outside: answered frames per second of wall-clock time.
+    result.wall_s = run.wall_s
+    result.notes.append(f"live: of {total - warmup} frames after the warm-up, "
+                        f"{len(answered)} processed, {result.dropped} dropped (no labels), "
+                        f"{result.rejected} rejected (bad frames)")
     labelled = sum(run.truth[t] is not None for t in answered) if run.truth else 0
     video = VideoResult(run.bag.name, total, warmup, labelled, run.height, run.width,
-                        {LIVE_METHOD: scorer.finish()})
+                        {LIVE_METHOD: scorer.finish()}, evaluated=len(answered),
+                        rejected=_rejected_kinds(run, warmup))
     settings = run_settings(config, options, num_classes)
     options.output.mkdir(parents=True, exist_ok=True)
     save_video_result(options.output, video)
     return finish_report(options.output, [video], settings, load_classes(options.classes),
                          options.plots)
+
+
+def _rejected_kinds(run: LiveRun, warmup: int) -> dict[str, int]:
+    count = sum(1 for t in range(warmup, len(run.stamps)) if run.stamps[t] in run.rejected)
+    return {"rejected by the node's checks": count} if count else {}
 
 
 def live_main(args: argparse.Namespace, config: DittaConfig, options: EvalOptions) -> int:
@@ -226,7 +255,16 @@ def live_main(args: argparse.Namespace, config: DittaConfig, options: EvalOption
                            args.live_player == "external")
     report = score_live(run, config, options, config.model.num_classes)
     print((options.output / "report.md").read_text().split("## Per video")[0].rstrip())
-    s = report["overall"].get(LIVE_METHOD, {})
-    print(f"\nlive: {s.get('dropped', 0)} dropped, mean latency "
-          f"{s.get('latency_mean_ms') or float('nan'):.1f} ms")
+    print("\n" + live_summary(report))
     return 0
+
+
+def live_summary(report: Mapping[str, Any]) -> str:
+    """One line: processed / dropped / rejected, wall-clock throughput, mean latency."""
+    s = report["overall"].get(LIVE_METHOD, {})
+    fps, latency = s.get("fps"), s.get("latency_mean_ms")
+    return (f"live: {s.get('processed', 0)} processed, {s.get('dropped', 0)} dropped, "
+            f"{s.get('rejected', 0)} rejected; throughput "
+            f"{'-' if fps is None else format(fps, '.2f')} frames/s over "
+            f"{s.get('wall_s', 0.0):.1f} s wall clock; mean latency "
+            f"{'-' if latency is None else format(latency, '.1f')} ms")

@@ -62,17 +62,24 @@ def plot_class_iou(totals: Mapping[str, MethodResult], class_names: Sequence[str
 
 
 def plot_over_time(video: str, warmup: int, methods: Mapping[str, MethodResult],
-                   path: Path) -> Path:
-    """Accuracy per evaluated frame and mVC8 window score, per method, over one video."""
+                   path: Path, positions: Sequence[int] | None = None) -> Path:
+    """Accuracy per evaluated frame and mVC8 window score, per method, over one video.
+
+    positions: the frame index of every evaluated frame (default: warmup, warmup + 1, ...;
+    a video with rejected frames or several segments has gaps)."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
     for method, result in methods.items():
-        frames = warmup + np.arange(len(result.accuracy))
+        count = len(result.accuracy)
+        xs = (np.asarray(positions[:count], np.float64) if positions is not None
+              else warmup + np.arange(count, dtype=np.float64))
         acc = np.array([np.nan if a is None else 100 * a for a in result.accuracy])
         vc = np.array([np.nan if s is None else 100 * s for s in result.window_scores])
-        top.plot(frames, acc, label=_title(method))
-        bottom.plot(warmup + np.arange(len(vc)), vc, label=_title(method))
+        top.plot(xs, acc, ".-" if positions is not None else "-", label=_title(method))
+        bottom.plot(xs[:len(vc)], vc, label=_title(method))
     top.set_ylabel("pixel accuracy (%)")
-    top.set_title(f"{video}: evaluated frames {warmup}.. (warm-up 0..{warmup - 1})")
+    top.set_title(f"{video}: evaluated frames {warmup}.. (warm-up 0..{warmup - 1})"
+                  if positions is None else f"{video}: evaluated frames (gaps: warm-ups of "
+                  "later segments, rejected frames)")
     bottom.set_ylabel("mVC8 window (%)")
     bottom.set_xlabel("frame (window: its first frame)")
     top.legend(fontsize=8)

@@ -5,6 +5,12 @@ so their header stamps: a node downstream stamps its outputs with the input's he
 is how ``ditta-eval --live`` matches outputs to inputs. ``ros2 bag play`` does the same job on
 a full ROS 2 install (docs/evaluation.md); this tool needs only the rclpy wheels and rosbags.
 
+Every frame is delivered: the replay waits for a subscriber on every topic before the first
+message (``--wait-subscribers``, default 1: frames published during discovery reach nobody),
+publishes reliable with a keep-all history (a fast replay queues rather than overwrites), and
+before closing waits until every subscriber acknowledged every message (``--ack-timeout``);
+it reports messages sent and whether all were acknowledged.
+
 DDS discovery is kept on this machine: ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` is set
 before rclpy starts.
 """
@@ -12,12 +18,13 @@ before rclpy starts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 from ditta_ros.engine.errors import ConfigError, DittaError, InputError
 from ditta_ros.tools.bags import COMPRESSED_TYPE, IMAGE_TYPE, BagSource
@@ -42,6 +49,20 @@ class ReplayStats:
     loops: int
     seconds: float
     publish_times: dict[int, float]      # frame index -> time.monotonic() of its publishing
+    acknowledged: bool | None = None     # reliable: every subscriber acked every message
+    subscribers: int = 0                 # fewest subscribers of a replayed topic at the end
+
+    def describe(self) -> str:
+        """One line: sent vs acknowledged."""
+        loops = f"{self.loops} loop{'s' if self.loops != 1 else ''}"
+        sent = f"sent {self.published} messages in {self.seconds:.2f} s ({loops})"
+        if self.acknowledged is None:
+            return f"{sent}; best effort: no acknowledgements"
+        if self.acknowledged:
+            return (f"{sent}; all acknowledged by {self.subscribers} subscriber"
+                    f"{'s' if self.subscribers != 1 else ''}")
+        return (f"{sent}; NOT all acknowledged within the --ack-timeout ({self.subscribers} "
+                "subscribers at the end): a subscriber is slow or left")
 
 
 def bag_items(source: BagSource, image_out: str, label_out: str | None = None,
@@ -50,11 +71,13 @@ def bag_items(source: BagSource, image_out: str, label_out: str | None = None,
     (from the first image) left out. Labels go along when ``label_out`` is given."""
     if start_offset < 0:
         raise ConfigError(f"--start-offset must be >= 0 seconds, got {start_offset}")
-    first = source.index[0].log_time
+    first = source.records[0].log_time
     begin = first + int(start_offset * 1e9)
     items: list[ReplayItem] = []
-    for i, entry in enumerate(source.index):
-        if entry.log_time < begin:
+    # As recorded (a player replays record order, like ros2 bag play); ``frame`` is the
+    # frame's position in the source's reading order.
+    for i in sorted(range(len(source)), key=lambda i: source.index[i].record):
+        if source.index[i].log_time < begin:
             continue
         conn, log_time, raw = source.raw_image(i)
         items.append(ReplayItem(image_out, conn.msgtype, raw, log_time, i))
@@ -63,7 +86,7 @@ def bag_items(source: BagSource, image_out: str, label_out: str | None = None,
     if not items:
         raise InputError(f"nothing to replay: the bag's images end before --start-offset "
                          f"{start_offset} s")
-    return sorted(items, key=lambda item: item.log_time)
+    return sorted(items, key=lambda item: item.log_time)   # stable: record order on ties
 
 
 def _label_items(source: BagSource, label_out: str, begin: int) -> list[ReplayItem]:
@@ -124,15 +147,19 @@ class RosPublisher:
                  domain_id: int | None = None, node_name: str = "ditta_replay") -> None:
         localhost_only()
         import rclpy
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CompressedImage, Image
 
         self._rclpy = rclpy
+        self.reliable = reliable
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = rclpy.create_node(node_name, context=self.context)
-        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable
-                         else ReliabilityPolicy.BEST_EFFORT)
+        # Reliable: keep all, so a replay faster than its subscriber queues messages instead
+        # of overwriting unacknowledged ones (depth then only sizes the first allocation).
+        qos = (QoSProfile(history=HistoryPolicy.KEEP_ALL, depth=depth,
+                          reliability=ReliabilityPolicy.RELIABLE) if reliable
+               else QoSProfile(depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT))
         types = {IMAGE_TYPE: Image, COMPRESSED_TYPE: CompressedImage}
         self.publishers: dict[str, Any] = {
             topic: self.node.create_publisher(types[msgtype], topic, qos)
@@ -152,6 +179,21 @@ class RosPublisher:
             pause.wait(0.02)       # discovery has no event to wait on in rclpy
         return False
 
+    def subscribers(self) -> int:
+        """The fewest subscribers of any replayed topic."""
+        return min((p.get_subscription_count() for p in self.publishers.values()), default=0)
+
+    def wait_for_acks(self, timeout: float) -> bool | None:
+        """Until every subscriber acknowledged every message (reliable; None: best effort),
+        at most ``timeout`` s in all."""
+        if not self.reliable:
+            return None
+        from rclpy.duration import Duration
+
+        deadline = time.monotonic() + timeout
+        return all(p.wait_for_all_acked(Duration(seconds=max(deadline - time.monotonic(), 0.0)))
+                   for p in self.publishers.values())
+
     def close(self) -> None:
         self.node.destroy_node()
         self._rclpy.try_shutdown(context=self.context)
@@ -160,9 +202,14 @@ class RosPublisher:
 def replay(bag: Path, topic: str, image_topic: str | None = None,
            label_topic: str | None = None, label_out: str | None = None, rate: float = 1.0,
            start_offset: float = 0.0, loops: int = 1, reliable: bool = True,
-           domain_id: int | None = None, wait_subscribers: int = 0,
-           wait_timeout: float = 10.0, stop: threading.Event | None = None) -> ReplayStats:
-    """Replay ``bag``'s image topic on ``topic`` (and its labels on ``label_out``)."""
+           domain_id: int | None = None, wait_subscribers: int = 1,
+           wait_timeout: float = 10.0, stop: threading.Event | None = None,
+           ack_timeout: float = 10.0) -> ReplayStats:
+    """Replay ``bag``'s image topic on ``topic`` (and its labels on ``label_out``).
+
+    Waits for ``wait_subscribers`` subscribers per topic first (0: start at once), and,
+    reliable, up to ``ack_timeout`` s for every message to be acknowledged before closing.
+    """
     with BagSource(bag, image_topic, label_topic) as source:
         items = bag_items(source, topic, label_out, start_offset)
         topics = {topic: source.image_type}
@@ -172,17 +219,30 @@ def replay(bag: Path, topic: str, image_topic: str | None = None,
     try:
         if wait_subscribers and not publisher.wait_for_subscribers(wait_subscribers,
                                                                    wait_timeout):
-            raise InputError(f"no subscriber on {', '.join(topics)} after {wait_timeout} s; "
-                             "start the consumer first (same ROS_DOMAIN_ID) or drop "
-                             "--wait-subscribers")
-        return play(items, publisher.publish, rate, loops, stop)
+            raise InputError(f"fewer than {wait_subscribers} subscriber(s) on "
+                             f"{', '.join(topics)} after {wait_timeout} s; start the consumer "
+                             "first (same ROS_DOMAIN_ID), raise --wait-timeout, or pass "
+                             "--wait-subscribers 0 to publish to whoever listens")
+        stats = play(items, publisher.publish, rate, loops, stop)
+        acked = publisher.wait_for_acks(ack_timeout)
+        return dataclasses.replace(stats, acknowledged=acked,
+                                   subscribers=publisher.subscribers())
     finally:
         publisher.close()
 
 
+class _Parser(argparse.ArgumentParser):
+    """One-line errors: a short usage line, then ``ditta-replay: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"usage: {self.format_usage().split(':', 1)[-1].strip()} (--help for "
+                     f"all options)\n{self.prog}: error: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="ditta-replay",
+        usage="%(prog)s BAG [--topic TOPIC] [options]",
         description="Publish a bag's image topic (and optionally its label topic) as live ROS 2 "
                     "topics with the recorded timing and header stamps. DDS stays on this "
                     "machine (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST).")
@@ -201,33 +261,56 @@ def parser() -> argparse.ArgumentParser:
                    help="publish best effort (default: reliable, which also reaches best "
                         "effort subscribers)")
     p.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID (default: the environment's)")
-    p.add_argument("--wait-subscribers", type=int, default=0,
-                   help="wait for this many subscribers per topic before starting")
+    p.add_argument("--wait-subscribers", type=int, default=1,
+                   help="wait for this many subscribers per topic before the first message "
+                        "(default 1; 0 starts at once and frames sent during discovery are "
+                        "lost)")
     p.add_argument("--wait-timeout", type=float, default=30.0,
                    help="seconds to wait for subscribers")
+    p.add_argument("--ack-timeout", type=float, default=10.0,
+                   help="reliable: seconds to wait, after the last message, until every "
+                        "subscriber acknowledged every message (default 10)")
     return p
+
+
+def _flag_mistake(args: argparse.Namespace) -> str:
+    """What is wrong with the flags (one line naming the flag), or ""."""
+    if args.label_out and not args.label_topic:
+        return "--label-out needs --label-topic (the labels' topic in the bag)"
+    for flag in ("rate", "wait_timeout", "ack_timeout"):
+        if getattr(args, flag) <= 0:
+            return f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}"
+    if args.wait_subscribers < 0:
+        return f"--wait-subscribers must be >= 0, got {args.wait_subscribers}"
+    if args.start_offset < 0:
+        return f"--start-offset must be >= 0 seconds, got {args.start_offset}"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
     """``ditta-replay``; errors become one line on stderr and exit code 2."""
-    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    try:
+        args = p.parse_args(sys.argv[1:] if argv is None else argv)
+        mistake = _flag_mistake(args)
+        if mistake:
+            p.error(mistake)
+    except SystemExit as exc:          # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
     stop = threading.Event()
     try:
-        if args.label_out and not args.label_topic:
-            raise ConfigError("--label-out needs --label-topic (the labels' topic in the bag)")
         stats = replay(args.bag, args.topic, args.image_topic, args.label_topic, args.label_out,
                        args.rate, args.start_offset, 0 if args.loop else 1,
                        not args.best_effort, args.domain_id, args.wait_subscribers,
-                       args.wait_timeout, stop)
+                       args.wait_timeout, stop, args.ack_timeout)
     except KeyboardInterrupt:
         stop.set()
         return 0
     except DittaError as exc:
         print(f"ditta-replay: error: {exc}", file=sys.stderr)
         return 2
-    print(f"ditta-replay: published {stats.published} messages in {stats.seconds:.2f} s "
-          f"({stats.loops} loop{'s' if stats.loops != 1 else ''})")
-    return 0
+    print(f"ditta-replay: {stats.describe()}")
+    return 0 if stats.acknowledged is not False else 1
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ class MethodResult:
     inference_s: float = 0.0         # model time of the evaluated frames
     adaptation_s: float = 0.0        # warm-up work before the first evaluated frame
     latencies_s: list[float] = field(default_factory=list)   # live mode: end to end
-    dropped: int = 0                 # live mode: frames without an output
+    dropped: int = 0                 # live mode: good frames the node did not answer
+    rejected: int = 0                # live mode: bad frames (the scan's), no output expected
+    wall_s: float = 0.0              # live mode: first frame sent -> last labels received
     notes: list[str] = field(default_factory=list)
     accuracy: list[float | None] = field(default_factory=list)   # per evaluated frame
     window_scores: list[float | None] = field(default_factory=list)  # mVC8, per frame
@@ -55,6 +57,8 @@ class MethodResult:
         self.adaptation_s += other.adaptation_s
         self.latencies_s.extend(other.latencies_s)
         self.dropped += other.dropped
+        self.rejected += other.rejected
+        self.wall_s += other.wall_s
 
     def summary(self) -> dict[str, Any]:
         """The numbers of the report: percentages, FPS, seconds; NaN -> None."""
@@ -66,13 +70,19 @@ class MethodResult:
             "frames": self.frames, "inference_s": self.inference_s,
             "adaptation_s": self.adaptation_s,
         }
-        if self.latencies_s or self.dropped:
+        if self.latencies_s or self.dropped or self.wall_s:
             lat = np.array(self.latencies_s, np.float64)
-            total = len(self.latencies_s) + self.dropped
+            total = self.frames + self.dropped
             out.update({"latency_mean_ms": float(lat.mean() * 1e3) if lat.size else None,
                         "latency_p95_ms": float(np.percentile(lat, 95) * 1e3)
                         if lat.size else None,
-                        "dropped": self.dropped, "drop_share": self.dropped / total})
+                        "processed": self.frames, "dropped": self.dropped,
+                        "rejected": self.rejected,
+                        "drop_share": self.dropped / total if total else 0.0,
+                        "wall_s": self.wall_s,
+                        # processed frames per second of wall-clock time (the node's real
+                        # throughput, as seen from outside)
+                        "fps": self.frames / self.wall_s if self.wall_s > 0 else None})
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +90,8 @@ class MethodResult:
                 "consistency": {str(n): vc.to_dict() for n, vc in self.consistency.items()},
                 "frames": self.frames, "inference_s": self.inference_s,
                 "adaptation_s": self.adaptation_s, "latencies_s": self.latencies_s,
-                "dropped": self.dropped, "notes": self.notes, "accuracy": self.accuracy,
+                "dropped": self.dropped, "rejected": self.rejected, "wall_s": self.wall_s,
+                "notes": self.notes, "accuracy": self.accuracy,
                 "window_scores": self.window_scores}
 
     @classmethod
@@ -91,7 +102,8 @@ class MethodResult:
                         for n, v in data["consistency"].items()},
                        int(data["frames"]), float(data["inference_s"]),
                        float(data["adaptation_s"]), list(data.get("latencies_s", [])),
-                       int(data.get("dropped", 0)), list(data.get("notes", [])),
+                       int(data.get("dropped", 0)), int(data.get("rejected", 0)),
+                       float(data.get("wall_s", 0.0)), list(data.get("notes", [])),
                        list(data.get("accuracy", [])), list(data.get("window_scores", [])))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"malformed method result ({exc!r})") from exc
@@ -102,22 +114,54 @@ def _pct(value: float) -> float | None:
 
 
 @dataclass
+class SegmentResult:
+    """One segment of a video (a run of frames of one size): what was evaluated on it."""
+
+    width: int
+    height: int
+    frames: int                      # good frames of the segment
+    warmup: int                      # its own warm-up (0 when not evaluated)
+    evaluated: int                   # frames scored (0: too short for its warm-up)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"width": self.width, "height": self.height, "frames": self.frames,
+                "warmup": self.warmup, "evaluated": self.evaluated}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SegmentResult:
+        return cls(int(data["width"]), int(data["height"]), int(data["frames"]),
+                   int(data["warmup"]), int(data["evaluated"]))
+
+
+@dataclass
 class VideoResult:
     """Every method on one video, plus what the run saw of it."""
 
     name: str
-    frames: int                      # T
-    warmup: int                      # W_n: frames 0..W_n-1 are not evaluated
+    frames: int                      # T: every frame of the source (bags: image messages)
+    warmup: int                      # warm-up frames (over all segments), not evaluated
     labelled: int                    # evaluated frames with ground truth
     height: int
     width: int
     methods: dict[str, MethodResult]
     settings_key: str = ""           # fingerprint of the run settings (resume/merge check)
+    evaluated: int | None = None     # frames scored; None (older results): frames - warmup
+    rejected: dict[str, int] = field(default_factory=dict)   # reason kind -> bad frames
+    segments: list[SegmentResult] = field(default_factory=list)
+    out_of_order: int = 0            # bags: records out of stamp order
+    order: str = ""                  # bags: "stamp" or "record"
+
+    @property
+    def scored(self) -> int:
+        return self.frames - self.warmup if self.evaluated is None else self.evaluated
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": RESULT_VERSION, "video": self.name, "frames": self.frames,
                 "warmup": self.warmup, "labelled": self.labelled, "height": self.height,
                 "width": self.width, "settings_key": self.settings_key,
+                "evaluated": self.scored, "rejected": dict(self.rejected),
+                "segments": [s.to_dict() for s in self.segments],
+                "out_of_order": self.out_of_order, "order": self.order,
                 "methods": {m: r.to_dict() for m, r in self.methods.items()}}
 
     @classmethod
@@ -125,10 +169,15 @@ class VideoResult:
         try:
             if int(data["version"]) != RESULT_VERSION:
                 raise InputError(f"result version {data['version']} is not {RESULT_VERSION}")
+            evaluated = data.get("evaluated")
             return cls(str(data["video"]), int(data["frames"]), int(data["warmup"]),
                        int(data["labelled"]), int(data["height"]), int(data["width"]),
                        {m: MethodResult.from_dict(r) for m, r in data["methods"].items()},
-                       str(data.get("settings_key", "")))
+                       str(data.get("settings_key", "")),
+                       None if evaluated is None else int(evaluated),
+                       {str(k): int(v) for k, v in data.get("rejected", {}).items()},
+                       [SegmentResult.from_dict(s) for s in data.get("segments", [])],
+                       int(data.get("out_of_order", 0)), str(data.get("order", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"malformed video result ({exc!r})") from exc
 
@@ -196,11 +245,23 @@ def build_report(results: Sequence[VideoResult], num_classes: int, class_names: 
         summary["videos"] = sum(1 for r in results if method in r.methods)
         overall[method] = summary
     videos = {r.name: {"frames": r.frames, "warmup": r.warmup, "labelled": r.labelled,
+                       "evaluated": r.scored, "rejected": dict(r.rejected),
+                       "frames_rejected": sum(r.rejected.values()),
+                       "segments": [s.to_dict() for s in r.segments],
+                       "out_of_order": r.out_of_order, "order": r.order,
                        "methods": {m: {**res.summary(), "notes": res.notes}
                                    for m, res in _ordered(r.methods)}}
               for r in results}
+    rejected: dict[str, int] = {}
+    for r in results:
+        for kind, n in r.rejected.items():
+            rejected[kind] = rejected.get(kind, 0) + n
     return {"settings": dict(settings), "videos_evaluated": len(results),
-            "frames_evaluated": sum(r.frames - r.warmup for r in results),
+            "frames": sum(r.frames for r in results),
+            "frames_evaluated": sum(r.scored for r in results),
+            "frames_rejected": sum(rejected.values()),
+            "rejected": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
+            "segments": sum(max(len(r.segments), 1) for r in results),
             "overall": overall, "videos": videos}
 
 
@@ -217,6 +278,36 @@ def _cell(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _frames_lines(report: Mapping[str, Any]) -> list[str]:
+    """The frames behind the numbers: rejected per reason, segments, ordering."""
+    lines = [f"{report['videos_evaluated']} videos, {report.get('frames', '?')} frames: "
+             f"{report['frames_evaluated']} evaluated (every method on the same post-warm-up "
+             f"frames of every segment), {report.get('frames_rejected', 0)} rejected."]
+    rejected = report.get("rejected", {})
+    if rejected:
+        lines += ["", "Rejected frames (the node's reasons; never scored, never fatal):", ""]
+        lines += [f"- {n} x {kind}" for kind, n in rejected.items()]
+    notes = []
+    for name, v in report["videos"].items():
+        segments = v.get("segments", [])
+        parts = []
+        if len(segments) > 1:
+            parts.append(f"{len(segments)} segments: " + ", ".join(
+                f"{s['width']}x{s['height']} {s['frames']} frames ("
+                + (f"warm-up {s['warmup']}, {s['evaluated']} evaluated)" if s["evaluated"]
+                   else "too short: not evaluated)") for s in segments))
+        if v.get("frames_rejected"):
+            parts.append(f"{v['frames_rejected']} rejected")
+        if v.get("out_of_order"):
+            parts.append(f"{v['out_of_order']} records out of stamp order, read in "
+                         f"{v.get('order') or 'stamp'} order")
+        if parts:
+            notes.append(f"- {name}: " + "; ".join(parts))
+    if notes:
+        lines += ["", "Per video:", "", *notes]
+    return lines
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     """The report as Markdown: the paper's table, then one row per video and method."""
     settings = report["settings"]
@@ -225,20 +316,25 @@ def markdown(report: Mapping[str, Any]) -> str:
     head = "| warm-up | method | FPS | mIoU | wIoU | mVC8 | mVC16 | adaptation s |"
     rule = "|---|---|---|---|---|---|---|---|"
     if live:
-        head += " latency mean ms | latency p95 ms | dropped |"
-        rule += "---|---|---|"
-    lines = ["# ditta-eval report", "",
-             f"{report['videos_evaluated']} videos, {report['frames_evaluated']} evaluated "
-             f"frames (every method on the same post-warm-up frames).", "",
-             "## Overall (paper layout; metrics in %)", "", head, rule]
+        head += " latency mean ms | latency p95 ms | processed | dropped | rejected |"
+        rule += "---|---|---|---|---|"
+    lines = ["# ditta-eval report", "", *_frames_lines(report), "",
+             "## Overall (paper layout; metrics in %)", ""]
+    if live:
+        lines += ["Live: FPS = frames the node answered per second of wall-clock time (first "
+                  "frame sent to last labels received); dropped = good frames it did not "
+                  "answer; rejected = bad frames (no answer expected).", ""]
+    lines += [head, rule]
     for method, s in report["overall"].items():
         row = (f"| {warmup} | {METHOD_TITLES.get(method, method)} | {_cell(s['fps'])} | "
                f"{_cell(s['miou'])} | {_cell(s['wiou'])} | {_cell(s['mvc8'])} | "
                f"{_cell(s['mvc16'])} | {_cell(s['adaptation_s'], 1)} |")
         if live:
             row += (f" {_cell(s.get('latency_mean_ms'), 1)} | "
-                    f"{_cell(s.get('latency_p95_ms'), 1)} | "
-                    f"{_cell(100 * s['drop_share'] if 'drop_share' in s else None, 1)} % |")
+                    f"{_cell(s.get('latency_p95_ms'), 1)} | {_cell(s.get('processed'))} | "
+                    f"{_cell(s.get('dropped'))} "
+                    f"({_cell(100 * s['drop_share'] if 'drop_share' in s else None, 1)} %) | "
+                    f"{_cell(s.get('rejected'))} |")
         lines.append(row)
     lines += ["", "## Per video", "",
               "| video | frames | warm-up | method | FPS | mIoU | wIoU | mVC8 | mVC16 | "
