@@ -153,3 +153,9 @@ def test_status_message_maps_session_snapshot_and_counters() -> None:
 def test_label_info_lists_every_class() -> None:
     msg = outputs.label_info(("road", "car"), Header(frame_id="cam"))
     assert [(c.class_id, c.class_name) for c in msg.class_map] == [(0, "road"), (1, "car")]
+
+
+def test_reason_kind_keeps_encoding_names_whole() -> None:
+    kind = reason_kind("step 10 is shorter than one row (8 px x 3 bytes = 24) for bgr8")
+    assert kind == "step # is shorter than one row (# px x # bytes = #) for bgr8"
+    assert reason_kind("mono16 frame: 0 x 4") == "mono16 frame"

@@ -209,6 +209,7 @@ class RateLimitedLog:
 
 def reason_kind(reason: str) -> str:
     """The kind of a rejection reason: its text before the first ':', quoted values and
-    numbers blanked (a stream of ever-new unknown encodings is one kind, not one each)."""
+    numbers blanked (a stream of ever-new unknown encodings is one kind, not one each).
+    Digits that end a name (``bgr8``, ``mono16``) are part of the name, not a number."""
     unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", reason)
-    return re.sub(r"\d+", "#", unquoted.split(":", 1)[0].strip())
+    return re.sub(r"(?<!\w)\d+", "#", unquoted.split(":", 1)[0].strip())
