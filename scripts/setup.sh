@@ -97,7 +97,7 @@ else
       "$LOCK" > "$constraints"
     if [[ -n "$sys_numpy" ]]; then echo "numpy==$sys_numpy" >> "$constraints"; fi
     sed -e 's/^numpy>=2$/numpy/' "$REQ/base.in" > "$VENV/ditta-base.in"
-    requirements=(-r "$VENV/ditta-base.in" pytest ruff mypy)
+    requirements=(-r "$VENV/ditta-base.in" pytest ruff mypy mcap mcap-ros2-support)
     if ! command -v colcon >/dev/null; then requirements+=(colcon-common-extensions); fi
   fi
   torch_index=()
