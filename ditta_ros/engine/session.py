@@ -31,6 +31,11 @@ Decisions (documented here because the contract leaves them open):
   resolution-independent); when ADAPTED the adapted model stays and only its cache is
   dropped, so the first frame at the new size is served by the plain branch, as frame 0 of
   a stream.
+- Streams (issue 13; engine/scene.py, engine/policy.py): unless ``StreamConfig.policy`` is
+  ``once``, a scene detector looks at every frame. A cut resets the fusion state before the
+  frame is served (fusion never blends across a cut); the policy may start a new warm-up with
+  a frame (cut, drift, period), cancelling a running adaptation as
+  :meth:`Session.request_adaptation` does, while the current model keeps serving.
 - ``on_status`` is called on every phase change and on progress (each warm-up frame, each
   stage, each adaptation step), in order, from whichever thread caused it (mostly the
   background thread) and never while the session's state lock is held. It must return
@@ -55,10 +60,13 @@ from ditta_ros.engine import checkpoints
 from ditta_ros.engine.adapt import adapt
 from ditta_ros.engine.errors import AdaptationError, CancelledError, DittaError
 from ditta_ros.engine.fusion import StreamPredictor
+from ditta_ros.engine.policy import Activity, AdaptationPolicy
 from ditta_ros.engine.preprocess import check_frame
 from ditta_ros.engine.reliability import iss_labels
+from ditta_ros.engine.scene import SceneDetector
 from ditta_ros.engine.types import (
     Phase,
+    Reason,
     Result,
     SessionStatus,
     Source,
@@ -118,22 +126,40 @@ class Session:
         self._last_losses: StepLosses | None = None
         self._num_objects = 0
         self._stage_seconds: dict[str, float] = {}
+        # streams (issue 13): the detector is touched under the push lock only, the policy
+        # and the fields below under the state lock
+        self._policy = AdaptationPolicy(config.stream)
+        self._scene = (SceneDetector(config.stream, model.num_classes)
+                       if self._policy.detects else None)
+        self._policy.external_start()
+        self._reason = Reason.STARTUP
+        self._adaptations_started = 0
+        self._cuts = 0
+        self._consecutive_failures = 0
+        self._rebase_look = self._rebase_classes = False
 
     # ------------------------------------------------------------------ serving
 
-    def push(self, frame: np.ndarray, with_reliability: bool = False) -> Result:
+    def push(self, frame: np.ndarray, with_reliability: bool = False,
+             stamp: float | None = None) -> Result:
         """Serve one (H, W, 3) uint8 BGR frame; labels (H, W) int64 at the frame's size.
 
+        ``stamp``: the frame's time in seconds (any origin, one clock per stream), which the
+        adaptation policy's cooldown and period are measured on; None: time.monotonic().
         Raises InputError for a malformed frame (nothing is counted then) and DittaError
         after :meth:`close`.
         """
         check_frame(frame)
         with self._push_lock:
+            cut = self._scene.before(frame) if self._scene is not None else False
             with self._lock:
                 if self._closed:
                     raise DittaError("push() on a closed session; create a new Session")
                 index = self._frames_pushed
                 self._frames_pushed += 1
+                restart = self._policy_before_locked(cut, stamp)   # may begin a warm-up
+                rebase = (self._rebase_look, self._rebase_classes)
+                self._rebase_look = self._rebase_classes = False
                 phase = self._phase
                 if phase is Phase.WARMUP:
                     self._collect_locked(frame, index)
@@ -142,10 +168,13 @@ class Session:
                 prime = self._take_prime_locked()
                 predictor, source = self._serving, self._source
             start = time.perf_counter()
-            if prime is not None:
+            if prime is not None and not restart:
                 predictor.prime(prime)
+            if restart:
+                predictor.reset()                # fusion never blends across a cut
             labels, rel = predictor.predict(frame, with_reliability)
             elapsed = time.perf_counter() - start
+            self._scene_after(labels, rebase)
             if source is Source.ADAPTED and self._iss.buffer_bytes:
                 # The ISS predictor's frame-size buffers (~0.4 GB at 480 x 854, 124 classes)
                 # idle while the adapted model serves; freed here, under the push lock that
@@ -163,6 +192,34 @@ class Session:
         self._needs_prime = False
         self._last_frame = None                  # the predictor's own cache takes over
         return frame
+
+    def _policy_before_locked(self, cut: bool, stamp: float | None) -> bool:
+        """Streams: ask the policy before serving a frame; True to restart the fusion."""
+        now = time.monotonic() if stamp is None else stamp
+        decision = self._policy.before_frame(now, cut, Activity.of(self._phase))
+        self._cuts += int(cut)
+        if decision.adapt is not None:
+            self._begin_warmup_locked(decision.adapt)
+        return decision.restart_fusion
+
+    def _scene_after(self, labels: np.ndarray, rebase: tuple[bool, bool]) -> None:
+        """Streams: show the detector the served labels, the policy the signal (push lock)."""
+        if self._scene is None:
+            return
+        if any(rebase):
+            self._scene.rebase(*rebase)
+        signal = self._scene.after(labels)
+        with self._lock:
+            self._policy.after_frame(signal, Activity.of(self._phase))
+
+    def _begin_warmup_locked(self, reason: Reason) -> None:
+        """A new warm-up starts with the next collected frame; a running adaptation is
+        cancelled, the serving model keeps serving."""
+        self._drop_adaptation_locked()
+        self._reason = reason
+        self._rebase_look = True                 # the warm-up is the appearance reference
+        self._set_phase_locked(Phase.WARMUP, f"adaptation ({reason.value}): collecting "
+                               f"warm-up frames (0/{self._config.adaptation.warmup_frames})")
 
     def _collect_locked(self, frame: np.ndarray, index: int) -> None:
         hw = (int(frame.shape[0]), int(frame.shape[1]))
@@ -190,6 +247,7 @@ class Session:
         self._steps_done, self._last_losses, self._num_objects = 0, None, 0
         self._steps_total = self._config.adaptation.iterations * len(frames)
         self._stage_seconds = {}
+        self._adaptations_started += 1
         self._set_phase_locked(Phase.ADAPTING, f"adapting on {len(frames)} warm-up frames")
         self._threads = [t for t in self._threads if t.is_alive()]
         # The buffer travels in a box the worker empties, so that it is released when the
@@ -218,6 +276,8 @@ class Session:
                 self._adapted_model = adapted
                 self._needs_prime = self._last_index != prime_index
                 self._adaptations_done += 1
+                self._consecutive_failures = 0
+                self._rebase_classes = True      # a new model labels: new class reference
                 self._set_phase_locked(
                     Phase.ADAPTED, f"adapted with {self._num_objects} objects; serving the "
                     "adapted model with fusion")
@@ -229,6 +289,8 @@ class Session:
                 if generation == self._generation:
                     self._serving, self._source = self._iss, Source.ISS
                     self._adapted_model = None
+                    self._consecutive_failures += 1
+                    self._rebase_classes = True
                     self._set_phase_locked(
                         Phase.FAILED, f"adaptation failed: {type(exc).__name__}: {exc}; "
                         "serving the ISS model (request a new adaptation to try again)")
@@ -295,9 +357,8 @@ class Session:
         keeps serving until the new one replaces it (or fails: then the ISS model serves)."""
         with self._lock:
             self._check_open_locked()
-            self._drop_adaptation_locked()
-            self._set_phase_locked(Phase.WARMUP, "adaptation requested: collecting warm-up "
-                                   f"frames (0/{self._config.adaptation.warmup_frames})")
+            self._policy.external_start()
+            self._begin_warmup_locked(Reason.SERVICE)
         self._flush()
 
     def restart_stream(self) -> None:
@@ -319,6 +380,9 @@ class Session:
             self._drop_adaptation_locked()
             self._serving, self._source, self._adapted_model = self._iss, Source.ISS, None
             self._last_frame, self._needs_prime = None, False
+            self._policy.external_start()
+            self._reason = Reason.STARTUP
+            self._rebase_look = self._rebase_classes = True
             self._set_phase_locked(Phase.WARMUP, "reset to the base model: collecting "
                                    "warm-up frames")
         self._flush()
@@ -350,6 +414,7 @@ class Session:
             self._drop_adaptation_locked()
             self._serving, self._source, self._adapted_model = predictor, Source.ADAPTED, model
             self._last_frame, self._needs_prime = None, False
+            self._rebase_look = self._rebase_classes = True  # the scene in view is the reference
             self._set_phase_locked(Phase.ADAPTED, f"loaded adaptation {str(path)!r}; serving "
                                    "the adapted model with fusion")
         self._flush()
@@ -398,7 +463,9 @@ class Session:
             steps_done=self._steps_done, steps_total=self._steps_total,
             last_losses=self._last_losses, num_objects=self._num_objects,
             stage_seconds=dict(self._stage_seconds), frames_pushed=self._frames_pushed,
-            adaptations_done=self._adaptations_done, serving=self._source)
+            adaptations_done=self._adaptations_done, serving=self._source,
+            adaptation_reason=self._reason, adaptations_started=self._adaptations_started,
+            cuts=self._cuts, consecutive_failures=self._consecutive_failures)
 
     def _set_phase_locked(self, phase: Phase, message: str) -> None:
         self._phase, self._message = phase, message

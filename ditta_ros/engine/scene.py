@@ -1,0 +1,211 @@
+"""Scene-change detection on a stream: cuts and drifts from cheap per-frame signals.
+
+A robot's camera crosses many scenes in one stream; DiTTA adapts on one warm-up. This module
+says when the scene the adaptation was made for is no longer the one in view. It looks at
+two signals, each costing far less than the ISS model (docs/streams.md has the figures):
+
+- **appearance**: a joint colour histogram (``LEVELS`` levels per channel, 64 bins) of the
+  frame shrunk to ``THUMB x THUMB`` pixels by area averaging. It is known *before* the
+  frame is served, so a cut found on it resets the fusion state for that very frame.
+- **classes**: the class distribution of the served labels, read on every ``LABEL_STRIDE``-th
+  pixel of every ``LABEL_STRIDE``-th row, known after the frame is served.
+
+Two outputs (distances are total variation, 0.5 * L1 between distributions, in [0, 1]):
+
+- **cut**: the appearance of this frame is far (> ``cut_threshold``) from the mean
+  appearance of the frames before it (since the last cut, at most ``window`` of them): the
+  previous frame is unrelated, and the add-on must not attend to it.
+- **drift**: over a full window of frames, the mean appearance is far from the appearance
+  reference (> ``drift_appearance_threshold``), or the mean class distribution is far from
+  the class reference (> ``drift_threshold``): the scene has changed, gradually or not.
+
+References are collected over the ``window`` frames after :meth:`SceneDetector.rebase`: the
+session rebases the appearance when a warm-up starts (so it describes the frames the
+adaptation learns from) and the classes when a new model starts serving (a different model
+labels the same scene differently; comparing across models would be a false drift).
+
+Pure numpy and OpenCV; one detector per stream, not thread-safe (the session calls it under
+its push lock). Memory is fixed: a few ``window``-long rings of small vectors.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ditta_ros.config import StreamConfig
+from ditta_ros.engine.errors import InputError
+
+THUMB = 32          # the frame is shrunk to THUMB x THUMB before its histogram is taken
+LEVELS = 4          # colour levels per channel: LEVELS ** 3 = 64 histogram bins
+LABEL_STRIDE = 4    # class distribution read on every 4th pixel of every 4th row
+_SHIFT = 8 - int(np.log2(LEVELS))   # uint8 value >> _SHIFT = its level
+
+
+def appearance(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 frame -> (LEVELS ** 3,) float64 colour histogram summing to 1.
+
+    Area averaging first, so that sensor noise and fine texture average out and the
+    histogram describes the scene's colours rather than its pixels' noise.
+    """
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise InputError(f"expected an (H, W, 3) uint8 frame, got {frame.dtype} "
+                         f"{tuple(frame.shape)}")
+    thumb: np.ndarray = cv2.resize(frame, (THUMB, THUMB),
+                                   interpolation=cv2.INTER_AREA)  # (T, T, 3) uint8
+    q = np.right_shift(thumb, _SHIFT).astype(np.intp)                        # 0..LEVELS-1
+    codes = (q[..., 0] * LEVELS + q[..., 1]) * LEVELS + q[..., 2]            # (T, T)
+    hist = np.bincount(codes.ravel(), minlength=LEVELS ** 3).astype(np.float64)
+    return hist / hist.sum()
+
+
+def class_distribution(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W) integer labels -> (num_classes,) float64 distribution of a strided subsample;
+    labels outside [0, num_classes) are not counted (all outside: a zero vector)."""
+    sub = labels[::LABEL_STRIDE, ::LABEL_STRIDE].ravel()
+    sub = sub[(sub >= 0) & (sub < num_classes)]
+    hist = np.bincount(sub, minlength=num_classes)[:num_classes].astype(np.float64)
+    total = hist.sum()
+    return hist / total if total > 0 else hist
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    """0.5 * sum |p - q| of two distributions: 0 identical, 1 disjoint."""
+    return 0.5 * float(np.abs(p - q).sum())
+
+
+@dataclass(frozen=True)
+class SceneSignal:
+    """What the detector saw on one frame; distances are None until they can be measured."""
+
+    cut: bool
+    drift: bool
+    cut_distance: float | None          # appearance vs the frames before (None: no frame)
+    appearance_drift: float | None      # window vs appearance reference (None: not full)
+    class_drift: float | None           # window vs class reference (None: not full)
+
+
+class _Reference:
+    """Mean of the first ``size`` vectors added after a reset; ``ready`` once full."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._sum: np.ndarray | None = None
+        self._count = 0
+
+    def reset(self) -> None:
+        self._sum, self._count = None, 0
+
+    def add(self, vector: np.ndarray) -> None:
+        if self._count >= self.size:
+            return
+        self._sum = vector.copy() if self._sum is None else self._sum + vector
+        self._count += 1
+
+    @property
+    def ready(self) -> bool:
+        return self._count >= self.size
+
+    def mean(self) -> np.ndarray:
+        if self._sum is None:
+            raise ValueError("empty reference")
+        return self._sum / self._count
+
+
+class _Window:
+    """Running sum of the last ``size`` vectors (a ring; nothing grows with the stream)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: deque[np.ndarray] = deque()
+        self._sum: np.ndarray | None = None
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._sum = None
+
+    def add(self, vector: np.ndarray) -> None:
+        if self._sum is None or self._sum.shape != vector.shape:
+            self.clear()
+            self._sum = np.zeros_like(vector)
+        self._items.append(vector)
+        self._sum += vector
+        if len(self._items) > self.size:
+            self._sum -= self._items.popleft()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self.size
+
+    def mean(self) -> np.ndarray:
+        if self._sum is None or not self._items:
+            raise ValueError("empty window")
+        return self._sum / len(self._items)
+
+
+class SceneDetector:
+    """Cut and drift detection over one stream (see the module docstring).
+
+    Per frame: :meth:`before` with the frame (returns whether it starts after a cut), then
+    :meth:`after` with the labels served for it (returns the frame's :class:`SceneSignal`).
+    """
+
+    def __init__(self, config: StreamConfig, num_classes: int) -> None:
+        self.config = config
+        self.num_classes = num_classes
+        n = config.window
+        self._recent = _Window(n)          # appearance since the last cut (cut context)
+        self._look = _Window(n)            # appearance, drift window
+        self._classes = _Window(n)         # class distribution, drift window
+        self._look_ref = _Reference(n)
+        self._class_ref = _Reference(n)
+        self._pending: tuple[np.ndarray, bool, float | None] | None = None
+
+    def rebase(self, appearance_ref: bool = True, classes_ref: bool = True) -> None:
+        """Collect new references over the next ``window`` frames (and restart the drift
+        windows, so that drift is measured on frames after the rebase only)."""
+        if appearance_ref:
+            self._look_ref.reset()
+            self._look.clear()
+        if classes_ref:
+            self._class_ref.reset()
+            self._classes.clear()
+
+    def before(self, frame: np.ndarray) -> bool:
+        """Look at a frame before it is served; True when it follows a cut."""
+        look = appearance(frame)
+        distance = total_variation(look, self._recent.mean()) if len(self._recent) else None
+        cut = distance is not None and distance > self.config.cut_threshold
+        if cut:
+            self._recent.clear()           # the frames before belong to another scene
+        self._recent.add(look)
+        self._pending = (look, cut, distance)
+        return cut
+
+    def after(self, labels: np.ndarray) -> SceneSignal:
+        """The served labels of the frame given to :meth:`before` -> its signal. The frame
+        enters the drift windows and any reference still collecting here, so a
+        :meth:`rebase` between the two calls counts the frame in the new references."""
+        if self._pending is None:
+            raise ValueError("SceneDetector.after() without before()")
+        look, cut, distance = self._pending
+        self._pending = None
+        classes = class_distribution(labels, self.num_classes)
+        self._look.add(look)
+        self._look_ref.add(look)
+        self._classes.add(classes)
+        self._class_ref.add(classes)
+        look_drift = class_drift = None
+        if self._look_ref.ready and self._look.full:
+            look_drift = total_variation(self._look.mean(), self._look_ref.mean())
+        if self._class_ref.ready and self._classes.full:
+            class_drift = total_variation(self._classes.mean(), self._class_ref.mean())
+        drift = ((look_drift is not None and look_drift > self.config.drift_appearance_threshold)
+                 or (class_drift is not None and class_drift > self.config.drift_threshold))
+        return SceneSignal(cut, drift, distance, look_drift, class_drift)
