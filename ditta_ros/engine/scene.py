@@ -5,16 +5,19 @@ says when the scene the adaptation was made for is no longer the one in view. It
 two signals, each costing far less than the ISS model (docs/streams.md has the figures):
 
 - **appearance**: a joint colour histogram (``LEVELS`` levels per channel, 64 bins) of the
-  frame shrunk to ``THUMB x THUMB`` pixels by area averaging. It is known *before* the
-  frame is served, so a cut found on it resets the fusion state for that very frame.
-- **classes**: the class distribution of the served labels, read on every ``LABEL_STRIDE``-th
-  pixel of every ``LABEL_STRIDE``-th row, known after the frame is served.
+  frame shrunk to ``THUMB x THUMB`` pixels (bilinear to 4 x THUMB, then area averaging).
+  It is known *before* the frame is served, so a cut found on it resets the fusion state
+  for that very frame.
+- **classes**: the class distribution of the served labels, read on a grid of about
+  ``LABEL_SIDE`` x ``LABEL_SIDE`` or more pixels, known after the frame is served.
 
 Two outputs (distances are total variation, 0.5 * L1 between distributions, in [0, 1]):
 
-- **cut**: the appearance of this frame is far (> ``cut_threshold``) from the mean
-  appearance of the frames before it (since the last cut, at most ``window`` of them): the
-  previous frame is unrelated, and the add-on must not attend to it.
+- **cut**: the appearance of this frame is far (> ``cut_threshold``) both from the previous
+  frame's and from the mean appearance of the frames before it (since the last cut, at
+  most ``window`` of them): the previous frame is unrelated, and the add-on must not
+  attend to it. Both, so that a dissolve (each frame close to the one before) is a drift,
+  not a cut, and sensor noise on one frame (the mean is steadier) is neither.
 - **drift**: over a full window of frames, the mean appearance is far from the appearance
   reference (> ``drift_appearance_threshold``), or the mean class distribution is far from
   the class reference (> ``drift_threshold``): the scene has changed, gradually or not.
@@ -41,20 +44,23 @@ from ditta_ros.engine.errors import InputError
 
 THUMB = 32          # the frame is shrunk to THUMB x THUMB before its histogram is taken
 LEVELS = 4          # colour levels per channel: LEVELS ** 3 = 64 histogram bins
-LABEL_STRIDE = 4    # class distribution read on every 4th pixel of every 4th row
+LABEL_SIDE = 64     # class distribution read on a grid of at least 64 x 64 pixels
 _SHIFT = 8 - int(np.log2(LEVELS))   # uint8 value >> _SHIFT = its level
 
 
 def appearance(frame: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 frame -> (LEVELS ** 3,) float64 colour histogram summing to 1.
 
-    Area averaging first, so that sensor noise and fine texture average out and the
-    histogram describes the scene's colours rather than its pixels' noise.
+    Averaging first, so that sensor noise and fine texture average out and the histogram
+    describes the scene's colours rather than its pixels' noise. Straight area averaging to
+    32 x 32 costs 4 ms at 480 x 854 (a non-integer factor); a bilinear step to 128 x 128
+    first (4 samples per output pixel) and then area averaging by exactly 4 costs 0.1 ms.
     """
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise InputError(f"expected an (H, W, 3) uint8 frame, got {frame.dtype} "
                          f"{tuple(frame.shape)}")
-    thumb: np.ndarray = cv2.resize(frame, (THUMB, THUMB),
+    big = cv2.resize(frame, (4 * THUMB, 4 * THUMB), interpolation=cv2.INTER_LINEAR)
+    thumb: np.ndarray = cv2.resize(big, (THUMB, THUMB),
                                    interpolation=cv2.INTER_AREA)  # (T, T, 3) uint8
     q = np.right_shift(thumb, _SHIFT).astype(np.intp)                        # 0..LEVELS-1
     codes = (q[..., 0] * LEVELS + q[..., 1]) * LEVELS + q[..., 2]            # (T, T)
@@ -63,10 +69,14 @@ def appearance(frame: np.ndarray) -> np.ndarray:
 
 
 def class_distribution(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(H, W) integer labels -> (num_classes,) float64 distribution of a strided subsample;
-    labels outside [0, num_classes) are not counted (all outside: a zero vector)."""
-    sub = labels[::LABEL_STRIDE, ::LABEL_STRIDE].ravel()
-    sub = sub[(sub >= 0) & (sub < num_classes)]
+    """(H, W) class ids (>= 0) -> (num_classes,) float64 distribution of a strided
+    subsample; ids >= num_classes are not counted (none counted: a zero vector)."""
+    if labels.ndim != 2 or labels.size == 0:
+        raise InputError(f"expected (H, W) class ids, got shape {tuple(labels.shape)}")
+    stride = max(1, min(labels.shape) // LABEL_SIDE)
+    sub = labels[::stride, ::stride].ravel()
+    if sub.min() < 0:
+        raise InputError("class ids must be >= 0")
     hist = np.bincount(sub, minlength=num_classes)[:num_classes].astype(np.float64)
     total = hist.sum()
     return hist / total if total > 0 else hist
@@ -83,7 +93,7 @@ class SceneSignal:
 
     cut: bool
     drift: bool
-    cut_distance: float | None          # appearance vs the frames before (None: no frame)
+    cut_distance: float | None          # appearance vs the frames before (None: none yet)
     appearance_drift: float | None      # window vs appearance reference (None: not full)
     class_drift: float | None           # window vs class reference (None: not full)
 
@@ -139,6 +149,9 @@ class _Window:
     def __len__(self) -> int:
         return len(self._items)
 
+    def last(self) -> np.ndarray:
+        return self._items[-1]
+
     @property
     def full(self) -> bool:
         return len(self._items) >= self.size
@@ -180,7 +193,10 @@ class SceneDetector:
     def before(self, frame: np.ndarray) -> bool:
         """Look at a frame before it is served; True when it follows a cut."""
         look = appearance(frame)
-        distance = total_variation(look, self._recent.mean()) if len(self._recent) else None
+        distance = None
+        if len(self._recent):
+            distance = min(total_variation(look, self._recent.last()),
+                           total_variation(look, self._recent.mean()))
         cut = distance is not None and distance > self.config.cut_threshold
         if cut:
             self._recent.clear()           # the frames before belong to another scene
