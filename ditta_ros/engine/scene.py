@@ -4,7 +4,7 @@ A robot's camera crosses many scenes in one stream; DiTTA adapts on one warm-up.
 says when the scene the adaptation was made for is no longer the one in view. It looks at
 two signals, each costing far less than the ISS model (docs/streams.md has the figures):
 
-- **appearance**: a joint colour histogram (``LEVELS`` levels per channel, 64 bins) of the
+- **appearance**: a soft joint colour histogram (``LEVELS`` levels per channel, 64 bins) of the
   frame shrunk to ``THUMB x THUMB`` pixels (bilinear to 4 x THUMB, then area averaging).
   It is known *before* the frame is served, so a cut found on it resets the fusion state
   for that very frame.
@@ -42,19 +42,21 @@ import numpy as np
 from ditta_ros.config import StreamConfig
 from ditta_ros.engine.errors import InputError
 
-THUMB = 32          # the frame is shrunk to THUMB x THUMB before its histogram is taken
+THUMB = 16          # the frame is shrunk to THUMB x THUMB before its histogram is taken
 LEVELS = 4          # colour levels per channel: LEVELS ** 3 = 64 histogram bins
 LABEL_SIDE = 64     # class distribution read on a grid of at least 64 x 64 pixels
-_SHIFT = 8 - int(np.log2(LEVELS))   # uint8 value >> _SHIFT = its level
+# bin-code offsets of the 8 corners of a colour's lattice cell, in (b, g, r) corner order
+_CORNER_OFFSETS = np.array([(b * LEVELS + g) * LEVELS + r
+                            for b in (0, 1) for g in (0, 1) for r in (0, 1)], np.intp)
 
 
 def appearance(frame: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 frame -> (LEVELS ** 3,) float64 colour histogram summing to 1.
 
     Averaging first, so that sensor noise and fine texture average out and the histogram
-    describes the scene's colours rather than its pixels' noise. Straight area averaging to
-    32 x 32 costs 4 ms at 480 x 854 (a non-integer factor); a bilinear step to 128 x 128
-    first (4 samples per output pixel) and then area averaging by exactly 4 costs 0.1 ms.
+    describes the scene's colours rather than its pixels' noise. Straight area averaging of
+    a 480 x 854 frame costs 4 ms (a non-integer factor); a bilinear step to 4 x THUMB first
+    (4 samples per output pixel), then area averaging by exactly 4, costs about 0.03 ms.
     """
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise InputError(f"expected an (H, W, 3) uint8 frame, got {frame.dtype} "
@@ -62,9 +64,18 @@ def appearance(frame: np.ndarray) -> np.ndarray:
     big = cv2.resize(frame, (4 * THUMB, 4 * THUMB), interpolation=cv2.INTER_LINEAR)
     thumb: np.ndarray = cv2.resize(big, (THUMB, THUMB),
                                    interpolation=cv2.INTER_AREA)  # (T, T, 3) uint8
-    q = np.right_shift(thumb, _SHIFT).astype(np.intp)                        # 0..LEVELS-1
-    codes = (q[..., 0] * LEVELS + q[..., 1]) * LEVELS + q[..., 2]            # (T, T)
-    hist = np.bincount(codes.ravel(), minlength=LEVELS ** 3).astype(np.float64)
+    # Soft (trilinear) binning: a colour shares its weight among the 8 lattice points
+    # around it, so a gradual change of colour (a dissolve, light slowly changing) moves the
+    # histogram gradually; hard bins would move a whole region across a bin edge at once.
+    x = thumb.reshape(-1, 3).astype(np.float32) * ((LEVELS - 1) / 255.0)  # (N, 3) in [0, L-1]
+    low = np.minimum(x.astype(np.intp), LEVELS - 2)                       # (N, 3)
+    frac = x - low                                                        # (N, 3) in [0, 1]
+    w = np.stack([1.0 - frac, frac], axis=2)                              # (N, 3, 2)
+    weight = (w[:, 0, :, None, None] * w[:, 1, None, :, None]
+              * w[:, 2, None, None, :]).reshape(-1, 8)                    # (N, 8)
+    base = (low[:, 0] * LEVELS + low[:, 1]) * LEVELS + low[:, 2]          # (N,)
+    codes = base[:, None] + _CORNER_OFFSETS[None, :]                      # (N, 8)
+    hist = np.bincount(codes.ravel(), weights=weight.ravel(), minlength=LEVELS ** 3)
     return hist / hist.sum()
 
 
