@@ -183,15 +183,16 @@ class StreamConfig(_Section):
         60, "Most adaptations the policy starts in any hour of stream time; 0: no limit.",
         low=0, high=100000)
     cut_threshold: float = setting(
-        0.35, "Cut: total-variation distance between a frame's colour histogram and the "
-        "mean of the previous frames' (0..1) above which the previous frame is unrelated.",
+        0.3, "Cut: total-variation distance (0..1) of a frame's colour histogram from both the "
+        "previous frame's and the mean of the frames before, above which the previous frame "
+        "is unrelated (fusion restarts).",
         low=0.0, high=1.0)
     drift_threshold: float = setting(
-        0.15, "Drift: total-variation distance (0..1) between the served class distribution "
+        0.25, "Drift: total-variation distance (0..1) between the served class distribution "
         "over the window and the adapted scene's above which the scene has changed.",
         low=0.0, high=1.0)
     drift_appearance_threshold: float = setting(
-        0.2, "Drift: total-variation distance (0..1) between the colour histogram over the "
+        0.25, "Drift: total-variation distance (0..1) between the colour histogram over the "
         "window and the warm-up's above which the scene has changed.", low=0.0, high=1.0)
     window: int = setting(
         15, "Frames in the detector's sliding window (and in each reference).", low=2,
