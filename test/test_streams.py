@@ -34,7 +34,7 @@ from ditta_ros.engine.fusion import StreamPredictor
 from ditta_ros.engine.metrics import ConfusionMatrix
 from ditta_ros.engine.model import DittaModel
 from ditta_ros.engine.session import Session
-from ditta_ros.engine.types import Phase, Reason, Result, SessionStatus
+from ditta_ros.engine.types import Phase, Reason, Result, SessionStatus, Source
 from ditta_ros.synthetic import SceneStream, SyntheticVideo
 
 H, W, C = 64, 96, 4
@@ -169,7 +169,7 @@ def test_on_scene_change_adapts_per_scene_and_beats_once(
     # the new scene's warm-up started with its first frame; the old adaptation served it
     for cut in stream.cuts:
         first = change.results[cut]
-        assert first.phase is Phase.WARMUP and first.source.value == "adapted"
+        assert first.phase is Phase.WARMUP and first.source is Source.ADAPTED
 
 
 def test_fusion_never_blends_across_a_cut(
