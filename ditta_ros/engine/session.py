@@ -17,7 +17,7 @@ that moment. Phases (``types.Phase``)::
 - ADAPTED: the adapted model serves with fusion (stage D).
 - FAILED: adaptation raised (teacher error, torch out of memory, ...) or stage B found no
   object; ``status().message`` says why and the ISS model serves. Nothing adapts again
-  until :meth:`Session.request_adaptation`.
+  until :meth:`Session.request_adaptation` or the stream policy (below) starts a warm-up.
 
 One adaptation at a time, by construction: a single worker thread runs adaptations, fed by a
 queue of length one. A request or reset cancels the running adaptation; the next one starts
@@ -148,6 +148,7 @@ class Session:
         self._num_objects = 0
         self._stage_seconds: dict[str, float] = {}
         self._watch = StreamWatch(config.stream, model.num_classes)   # issue 13
+        self._warmup_why = ""                    # why the warm-up being collected started
 
     # ------------------------------------------------------------------ serving
 
@@ -220,7 +221,7 @@ class Session:
         if len(self._warmup) >= target:
             self._start_adaptation_locked()
             return
-        why = "frame size changed, warm-up restarted: " if restarted else ""
+        why = "frame size changed, warm-up restarted: " if restarted else self._warmup_why
         self._message = f"{why}collecting warm-up frames ({len(self._warmup)}/{target})"
         self._notify_locked()
 
@@ -363,10 +364,13 @@ class Session:
         """A new warm-up starts with the next collected frame; a running adaptation is
         cancelled (the worker starts the next one only after it returned) and the serving
         model keeps serving. Service requests, resets and the policy all come here."""
+        restarted = self._phase is Phase.WARMUP and bool(self._warmup)
         self._drop_adaptation_locked()
         self._watch.warmup_started_locked(reason)
-        self._set_phase_locked(Phase.WARMUP, f"{why}adaptation ({reason.value}): collecting "
-                               f"warm-up frames (0/{self._config.adaptation.warmup_frames})")
+        self._warmup_why = (f"adaptation ({reason.value})"
+                            f"{', warm-up restarted' if restarted else ''}: ")
+        self._set_phase_locked(Phase.WARMUP, f"{why}{self._warmup_why}collecting warm-up "
+                               f"frames (0/{self._config.adaptation.warmup_frames})")
 
     # ------------------------------------------------------------------ control
 
