@@ -66,9 +66,10 @@ class RecordingSession:
         self._count = 0
         self._lock = threading.Lock()
 
-    def push(self, frame: np.ndarray, with_reliability: bool = False) -> Any:
+    def push(self, frame: np.ndarray, with_reliability: bool = False,
+             stamp: float | None = None) -> Any:
         start = time.time()
-        result = self._session.push(frame, with_reliability)
+        result = self._session.push(frame, with_reliability, stamp)
         end = time.time()
         with self._lock:
             self._rows[self._count % len(self._rows)] = (result.frame_index, start, end,

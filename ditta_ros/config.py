@@ -162,6 +162,44 @@ class FusionConfig(_Section):
 
 
 @dataclass(frozen=True)
+class StreamConfig(_Section):
+    """Streams (issue 13): scene-change detection and when to adapt again.
+
+    Detector defaults were chosen from measurements on synthetic multi-scene streams
+    (docs/streams.md, bench/bench_scene.py); re-measure them on your own footage.
+    """
+
+    policy: str = setting(
+        "on_scene_change", "When to adapt: once (the first warm-up only: the paper's "
+        "protocol), on_scene_change (again after a cut or a drift of the scene), periodic "
+        "(again every period_s seconds).", choices=("once", "on_scene_change", "periodic"))
+    period_s: float = setting(
+        300.0, "periodic: seconds between the starts of two adaptations.", low=0.1,
+        high=1e6)
+    cooldown_s: float = setting(
+        10.0, "Least seconds between the starts of two adaptations the policy triggers "
+        "(a cut or drift inside it waits for its end).", low=0.0, high=1e6)
+    max_per_hour: int = setting(
+        60, "Most adaptations the policy starts in any hour of stream time; 0: no limit.",
+        low=0, high=100000)
+    cut_threshold: float = setting(
+        0.3, "Cut: total-variation distance (0..1) of a frame's colour histogram from both the "
+        "previous frame's and the mean of the frames before, above which the previous frame "
+        "is unrelated (fusion restarts).",
+        low=0.0, high=1.0)
+    drift_threshold: float = setting(
+        0.25, "Drift: total-variation distance (0..1) between the served class distribution "
+        "over the window and the adapted scene's above which the scene has changed.",
+        low=0.0, high=1.0)
+    drift_appearance_threshold: float = setting(
+        0.25, "Drift: total-variation distance (0..1) between the colour histogram over the "
+        "window and the warm-up's above which the scene has changed.", low=0.0, high=1.0)
+    window: int = setting(
+        15, "Frames in the detector's sliding window (and in each reference).", low=2,
+        high=10000)
+
+
+@dataclass(frozen=True)
 class NodeConfig(_Section):
     """The ROS 2 node: topics, QoS, outputs. (Owned by ditta_ros.ros; the engine ignores it.)"""
 
@@ -207,6 +245,7 @@ class DittaConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     def replace(self, **sections: Mapping[str, Any]) -> DittaConfig:
         """A copy with some fields of some sections changed, e.g. ``replace(model={"seed": 1})``."""

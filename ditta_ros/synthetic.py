@@ -104,3 +104,61 @@ class SyntheticVideo:
         """(T, H, W, 3) uint8 BGR frames and (T, H, W) int64 labels of the first frames."""
         items = list(self.frames(count))
         return np.stack([f.image for f in items]), np.stack([f.labels for f in items])
+
+
+def lit(image: np.ndarray, gain_left: float, gain_right: float) -> np.ndarray:
+    """(H, W, 3) uint8 -> the same image under light that changes across it: gain
+    ``gain_left`` at the left border to ``gain_right`` at the right (a domain shift)."""
+    gain = np.linspace(gain_left, gain_right, image.shape[1], dtype=np.float32)[None, :, None]
+    return np.clip(image.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class StreamFrame:
+    image: np.ndarray    # (H, W, 3) uint8 BGR
+    labels: np.ndarray   # (H, W) int64 ground truth
+    scene: int           # index of the scene in view (the later one during a fade)
+
+
+class SceneStream:
+    """One stream crossing several synthetic scenes (issue 13: streams, not clips).
+
+    Scene i shows ``lengths[i]`` frames of ``scenes[i]``, starting at frame ``start`` of its
+    own timeline, each under its light ``gains[i]`` (left, right; default even light).
+    Between two scenes, ``fade`` frames dissolve one into the other (0: a hard cut); the
+    ground truth of a fade frame is the later scene's, as is its scene index.
+    """
+
+    def __init__(self, scenes: tuple[SyntheticVideo, ...], lengths: tuple[int, ...],
+                 gains: tuple[tuple[float, float], ...] | None = None, fade: int = 0,
+                 start: int = 0) -> None:
+        if len(scenes) != len(lengths) or not scenes:
+            raise ValueError("one length per scene, and at least one scene")
+        if gains is not None and len(gains) != len(scenes):
+            raise ValueError("one (left, right) gain per scene")
+        self.scenes, self.lengths, self.fade, self.start = scenes, lengths, fade, start
+        self.gains = gains or tuple((1.0, 1.0) for _ in scenes)
+        self.cuts = tuple(int(x) for x in np.cumsum(lengths)[:-1])   # first frame of 1, 2..
+
+    def __len__(self) -> int:
+        return int(sum(self.lengths))
+
+    def _view(self, scene: int, t: int) -> SyntheticFrame:
+        item = self.scenes[scene].frame(self.start + t)
+        return SyntheticFrame(lit(item.image, *self.gains[scene]), item.labels)
+
+    def frame(self, index: int) -> StreamFrame:
+        scene = int(np.searchsorted(np.cumsum(self.lengths), index, side="right"))
+        offset = index - (self.cuts[scene - 1] if scene else 0)
+        item = self._view(scene, offset)
+        if scene and offset < self.fade:
+            # dissolve: the previous scene goes on for the fade and fades out
+            before = self._view(scene - 1, self.lengths[scene - 1] + offset)
+            alpha = (offset + 1) / (self.fade + 1)
+            mixed = (1 - alpha) * before.image.astype(np.float32) + alpha * item.image
+            item = SyntheticFrame(np.clip(mixed + 0.5, 0, 255).astype(np.uint8), item.labels)
+        return StreamFrame(item.image, item.labels, scene)
+
+    def __iter__(self) -> Iterator[StreamFrame]:
+        for index in range(len(self)):
+            yield self.frame(index)

@@ -65,12 +65,15 @@ class OracleTeacher:
 
     def __init__(self, videos: Sequence[SyntheticVideo], length: int, *,
                  gate: threading.Event | None = None, fail: Exception | None = None,
-                 empty: bool = False) -> None:
+                 empty: bool = False,
+                 frames: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> None:
         self._truth: dict[bytes, np.ndarray] = {}
         for video in videos:
             for t in range(length):
                 item = video.frame(t)
                 self._truth[item.image.tobytes()] = item.labels
+        for image, labels in frames:             # (image, ground truth) pairs of a stream
+            self._truth[image.tobytes()] = labels
         self.gate, self.fail, self.empty = gate, fail, empty
         self.calls = 0
         self.started = threading.Event()

@@ -12,7 +12,7 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus
 from std_msgs.msg import Header
 
-from ditta_ros.engine.types import Phase, SessionStatus, Source, StepLosses
+from ditta_ros.engine.types import Phase, Reason, SessionStatus, Source, StepLosses
 from ditta_ros.msg import AdaptationStatus
 from ditta_ros.ros import outputs
 from ditta_ros.ros.worker import FrameStats, LatestSlot, RateLimitedLog, Worker, reason_kind
@@ -128,7 +128,8 @@ def test_status_message_maps_session_snapshot_and_counters() -> None:
                            warmup_target=30, steps_done=5, steps_total=10, last_losses=losses,
                            num_objects=7, stage_seconds={"A": 1.0, "B": 2.0},
                            adaptations_done=1, stage="C",
-                           superseded_error="a superseded adaptation failed: boom")
+                           superseded_error="a superseded adaptation failed: boom",
+                           adaptation_reason=Reason.CUT, adaptations_started=2, cuts=3)
     stats = FrameStats()
     stats.received()
     msg = outputs.status_message(Time(sec=5), "active", status, Source.ISS, stats.snapshot())
@@ -139,6 +140,8 @@ def test_status_message_maps_session_snapshot_and_counters() -> None:
     assert msg.stage_b_seconds == 2.0 and math.isnan(msg.stage_c_seconds)
     assert msg.frames_received == 1 and msg.header.stamp.sec == 5
     assert msg.stage == "C" and msg.superseded_error.endswith("boom")
+    assert (msg.adaptation_reason, msg.adaptations_started, msg.scene_cuts,
+            msg.consecutive_failures) == ("cut", 2, 3, 0)
     none = outputs.status_message(Time(), "unconfigured", None, None, stats.snapshot())
     assert (none.phase_label, none.serving, none.message) == ("none", "none", "not configured")
 
@@ -148,6 +151,24 @@ def test_status_message_maps_session_snapshot_and_counters() -> None:
                                        ).status[0].level == DiagnosticStatus.WARN
     assert outputs.diagnostics_message(Time(), "n", none, stats.snapshot(), False
                                        ).status[0].level == DiagnosticStatus.STALE
+    values = {kv.key: kv.value for kv in diag.status[0].values}
+    assert (values["adaptation_reason"], values["scene_cuts"]) == ("cut", "3")
+
+
+def test_diagnostics_warn_when_adaptations_fail_repeatedly() -> None:
+    """One failure while the policy already collects the next warm-up is no warning; two in
+    a row are, whatever the phase, with the latest failure's reason."""
+    stats = FrameStats()
+    for failures, level in ((1, DiagnosticStatus.OK), (2, DiagnosticStatus.WARN)):
+        status = SessionStatus(phase=Phase.WARMUP, message="adaptation (drift): collecting",
+                               adaptation_reason=Reason.DRIFT, consecutive_failures=failures)
+        msg = outputs.status_message(Time(), "active", status, Source.ISS, stats.snapshot())
+        entry = outputs.diagnostics_message(Time(), "n", msg, stats.snapshot(), False,
+                                            "adaptation failed: no object").status[0]
+        assert entry.level == level, (failures, entry.message)
+    assert entry.message == ("adaptations fail repeatedly: 2 in a row; latest: adaptation "
+                             "failed: no object")
+    assert {kv.key: kv.value for kv in entry.values}["consecutive_failures"] == "2"
 
 
 def test_label_info_lists_every_class() -> None:

@@ -27,7 +27,7 @@ from ditta_ros.config import TeacherConfig
 from ditta_ros.engine.checkpoints import load_adaptation
 from ditta_ros.engine.session import Session
 from ditta_ros.engine.teacher import PropagationTeacher
-from ditta_ros.engine.types import ObjectMasks, Phase, SessionStatus
+from ditta_ros.engine.types import ObjectMasks, Phase, Reason, SessionStatus
 
 WAIT = 60.0
 WARMUP = 3
@@ -194,3 +194,64 @@ def test_a_superseded_run_that_fails_is_reported() -> None:
         assert "teacher broke" in status.superseded_error
         assert status.phase is Phase.WARMUP      # the new warm-up is untouched
         assert FailingAfterRequest.calls == 1
+
+
+def test_cuts_in_every_stage_take_the_same_path_as_a_request(tmp_path: Path) -> None:
+    """Streams (issue 13): a cut while stage A, B or C runs cancels that adaptation through
+    the one worker, as ~/adapt does; the stream then returns to the first scene (a cut
+    again, restarting the warm-up), and the adaptation that completes equals an undisturbed
+    run, with one clip alive at a time and no failure."""
+    config = tiny_config(warmup_frames=WARMUP, iterations=2).replace(
+        stream={"policy": "on_scene_change", "cooldown_s": 0.0})
+    video, elsewhere = make_video(7), make_video(12)
+    warm = frames_of(video, WARMUP)
+    cut_to = elsewhere.frame(0).image            # another scene (appearance distance 0.76)
+
+    reference_model = sharpen(tiny_model(config))
+    teacher, _ = _teacher(video)
+    with Session(reference_model, teacher, config) as undisturbed:
+        for frame in warm:
+            undisturbed.push(frame)
+        assert undisturbed.wait_for_phase({Phase.ADAPTED, Phase.FAILED}, WAIT)
+        expected = _adaptation_state(undisturbed, reference_model, tmp_path / "ref.pt")
+
+    model = sharpen(tiny_model(config))
+    teacher, propagator = _teacher(video)
+    ref: list[Session] = []
+    disturber = Disturber(ref)
+    hook = model.iss.model.decode_head.classifier.register_forward_pre_hook(
+        lambda *_: disturber.checkpoint())
+    propagator.on_propagate = disturber.checkpoint
+    session = Session(model, teacher, config)
+    ref.append(session)
+    stamp = 0.0
+    try:
+        for stage in ("A", "B", "C"):
+            disturber.reached.clear()
+            disturber.fired.clear()
+            disturber.target = stage
+            for frame in warm:                   # (after a round: a cut back, warm-up anew)
+                stamp += 1.0
+                session.push(frame, stamp=stamp)
+            assert disturber.reached.wait(WAIT), f"stage {stage} never ran"
+            stamp += 1.0
+            result = session.push(cut_to, stamp=stamp)      # the cut, during the stage
+            assert result.phase is Phase.WARMUP
+            disturber.fired.set()
+        for frame in warm:
+            stamp += 1.0
+            session.push(frame, stamp=stamp)
+        assert session.wait_for_phase({Phase.ADAPTED, Phase.FAILED}, WAIT)
+        status = session.status()
+        assert status.phase is Phase.ADAPTED, status.message
+        got = _adaptation_state(session, model, tmp_path / "got.pt")
+    finally:
+        session.close()
+        hook.remove()
+    assert disturber.seen_in == ["A", "B", "C"]
+    assert (status.adaptations_done, status.adaptations_started) == (1, 4)
+    assert (status.cuts, status.adaptation_reason) == (6, Reason.CUT)
+    assert status.superseded_error == "" and status.consecutive_failures == 0
+    assert propagator.most_alive == 1 and propagator.alive == 0
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, got[name]), name

@@ -32,12 +32,14 @@ def test_size_changes_are_counted_and_logged_rate_limited() -> None:
 def test_stamps_going_back_are_jumps_equal_stamps_are_not() -> None:
     clock = FakeClock()
     health = StreamHealth(clock=clock)
-    assert health.note_stamp(10, 0, "cam") == (False, None)
-    assert health.note_stamp(10, 0, "cam") == (False, None)
-    jumped, line = health.note_stamp(9, 500_000_000, "cam")
+    assert health.note_stamp(10, 0, "cam") == (False, None, 10.0)
+    assert health.note_stamp(10, 0, "cam") == (False, None, 10.0)
+    jumped, line, seconds = health.note_stamp(9, 500_000_000, "cam")
     assert jumped and line is not None and "went back by 0.500 s" in line
+    assert seconds == 9.5                                      # the policy's clock
     assert health.note_stamp(0, 0, "cam").jumped_back          # counted, line held back
-    assert health.note_stamp(0, 0, "cam").warning is None
+    check = health.note_stamp(0, 0, "cam")
+    assert check.warning is None and check.seconds is None     # unstamped: node clock
     assert health.stamp_jumps_back == 2
 
 
@@ -68,4 +70,4 @@ def test_reset_forgets_everything() -> None:
     health.reset()
     assert health.counts().received == 0 and health.resolution_changes == 0
     assert health.note_size(3, 3, "") is None                  # no previous size any more
-    assert health.note_stamp(1, 0, "") == (False, None)        # no previous stamp any more
+    assert health.note_stamp(1, 0, "") == (False, None, 1.0)   # no previous stamp any more

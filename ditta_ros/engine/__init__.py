@@ -28,7 +28,7 @@ _EXPORTS: dict[str, str] = {
     "AdaptationError": "ditta_ros.errors", "CancelledError": "ditta_ros.errors",
     "Phase": "types", "Source": "types", "Result": "types", "Prompt": "types",
     "Targets": "types", "Teacher": "types", "StepLosses": "types",
-    "StepCallback": "types", "SessionStatus": "types",
+    "StepCallback": "types", "SessionStatus": "types", "Reason": "types",
     # model and checkpoints
     "DittaModel": "model", "build_model": "checkpoints", "save_model": "checkpoints",
     "save_adaptation": "checkpoints", "load_adaptation": "checkpoints",
@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     "fuse": "fusion", "StreamPredictor": "fusion", "FrameOutput": "fusion",
     "predict_clip": "fusion", "clip_output": "fusion",
     # streaming, offline runs, metrics
-    "Session": "session",
+    "Session": "session", "SceneDetector": "scene", "AdaptationPolicy": "policy",
     "warmup_length": "runner", "run_w2f": "runner", "W2FRun": "runner",
     "W2FFrame": "runner", "W2FSummary": "runner",
     "ConfusionMatrix": "metrics", "VideoConsistency": "metrics",
@@ -56,14 +56,15 @@ _EXPORTS: dict[str, str] = {
 
 # a literal list, so that linters see the re-exports (kept equal to _EXPORTS' keys)
 __all__ = [
-    "AdaptationError", "CancelledError", "CheckpointError", "ConfigError", "ConfusionMatrix",
-    "DittaError", "DittaModel", "FrameOutput", "InputError", "MaskPropagator", "ObjectMasks",
-    "Phase", "Prompt", "PropagationTeacher", "Result", "SAM2Teacher", "Session",
-    "SessionStatus", "Source", "StageStart", "StepCallback", "StepLosses", "StreamPredictor",
-    "Targets", "Teacher", "VideoConsistency", "W2FFrame", "W2FRun", "W2FSummary",
-    "WarmupOutcome", "build_model", "build_sam2_teacher", "check_frame", "clip_output",
-    "convert_mmseg_checkpoint", "fuse", "iss_labels", "labels_and_reliability",
-    "load_adaptation", "predict_clip", "prepare", "run_w2f", "run_warmup", "save_adaptation",
+    "AdaptationError", "AdaptationPolicy", "CancelledError", "CheckpointError", "ConfigError",
+    "ConfusionMatrix", "DittaError", "DittaModel", "FrameOutput", "InputError",
+    "MaskPropagator", "ObjectMasks", "Phase", "Prompt", "PropagationTeacher", "Reason",
+    "Result", "SAM2Teacher", "SceneDetector", "Session", "SessionStatus", "Source",
+    "StageStart", "StepCallback", "StepLosses", "StreamPredictor", "Targets", "Teacher",
+    "VideoConsistency", "W2FFrame", "W2FRun", "W2FSummary", "WarmupOutcome", "build_model",
+    "build_sam2_teacher", "check_frame", "clip_output", "convert_mmseg_checkpoint", "fuse",
+    "iss_labels", "labels_and_reliability", "load_adaptation", "predict_clip", "prepare",
+    "run_w2f", "run_warmup", "save_adaptation",
     "save_model", "to_frame_size", "vspw_ground_truth", "warmup_length",
 ]
 
@@ -99,10 +100,12 @@ if TYPE_CHECKING:  # static re-exports for type checkers and IDEs
     )
     from ditta_ros.engine.metrics import ConfusionMatrix, VideoConsistency, vspw_ground_truth
     from ditta_ros.engine.model import DittaModel
+    from ditta_ros.engine.policy import AdaptationPolicy
     from ditta_ros.engine.preprocess import check_frame, prepare, to_frame_size
     from ditta_ros.engine.reliability import iss_labels, labels_and_reliability
     from ditta_ros.engine.runner import W2FFrame, W2FRun, W2FSummary, run_w2f, warmup_length
     from ditta_ros.engine.sam2_teacher import SAM2Teacher, build_sam2_teacher
+    from ditta_ros.engine.scene import SceneDetector
     from ditta_ros.engine.session import Session
     from ditta_ros.engine.teacher import PropagationTeacher
     from ditta_ros.engine.types import (
@@ -110,6 +113,7 @@ if TYPE_CHECKING:  # static re-exports for type checkers and IDEs
         ObjectMasks,
         Phase,
         Prompt,
+        Reason,
         Result,
         SessionStatus,
         Source,

@@ -17,7 +17,7 @@ that moment. Phases (``types.Phase``)::
 - ADAPTED: the adapted model serves with fusion (stage D).
 - FAILED: adaptation raised (teacher error, torch out of memory, ...) or stage B found no
   object; ``status().message`` says why and the ISS model serves. Nothing adapts again
-  until :meth:`Session.request_adaptation`.
+  until :meth:`Session.request_adaptation` or the stream policy (below) starts a warm-up.
 
 One adaptation at a time, by construction: a single worker thread runs adaptations, fed by a
 queue of length one. A request or reset cancels the running adaptation; the next one starts
@@ -25,6 +25,15 @@ only once the cancelled one has returned (a newer pending warm-up replaces an ol
 two adaptations never share the teacher, the device or torch's random state. A run that was
 superseded and then fails for a reason other than its cancellation is reported in
 ``status().superseded_error`` (and logged), not silently dropped.
+
+Streams (issue 13; engine/stream_watch.py, scene.py, policy.py): unless
+``StreamConfig.policy`` is ``once``, a scene detector looks at every frame. A cut resets the
+fusion state before that frame is served, so fusion never blends across a cut. The policy
+may start a new warm-up with a frame (cut, drift, period) through the same path as
+:meth:`Session.request_adaptation`: the running adaptation is cancelled, the new one runs on
+the one worker from the base (ISS) model, and the serving model keeps serving until the new
+one replaces it. ``status()`` says why the latest warm-up started and counts adaptations,
+cuts and consecutive failures.
 
 Decisions (documented here because the contract leaves them open):
 
@@ -64,8 +73,10 @@ from ditta_ros.engine import checkpoints
 from ditta_ros.engine.fusion import StreamPredictor
 from ditta_ros.engine.preprocess import check_frame
 from ditta_ros.engine.status_relay import StatusRelay
+from ditta_ros.engine.stream_watch import StreamWatch
 from ditta_ros.engine.types import (
     Phase,
+    Reason,
     Result,
     SessionStatus,
     Source,
@@ -136,22 +147,32 @@ class Session:
         self._last_losses: StepLosses | None = None
         self._num_objects = 0
         self._stage_seconds: dict[str, float] = {}
+        self._watch = StreamWatch(config.stream, model.num_classes)   # issue 13
+        self._warmup_why = ""                    # why the warm-up being collected started
 
     # ------------------------------------------------------------------ serving
 
-    def push(self, frame: np.ndarray, with_reliability: bool = False) -> Result:
+    def push(self, frame: np.ndarray, with_reliability: bool = False,
+             stamp: float | None = None) -> Result:
         """Serve one (H, W, 3) uint8 BGR frame; labels (H, W) int64 at the frame's size.
 
+        ``stamp``: the frame's time in seconds (any origin, one clock per stream), on which
+        the adaptation policy's cooldown and period are measured; None: time.monotonic().
         Raises InputError for a malformed frame (nothing is counted then) and DittaError
         after :meth:`close`.
         """
         check_frame(frame)
         with self._push_lock:
+            cut = self._watch.look(frame)
             with self._lock:
                 if self._closed:
                     raise DittaError("push() on a closed session; create a new Session")
                 index = self._frames_pushed
                 self._frames_pushed += 1
+                decision = self._watch.before_frame_locked(cut, stamp, self._phase)
+                if decision.adapt is not None:   # this frame is the new warm-up's first
+                    self._begin_warmup_locked(decision.adapt)
+                rebase = self._watch.take_rebase_locked()
                 phase = self._phase
                 if phase is Phase.WARMUP:
                     self._collect_locked(frame, index)
@@ -160,10 +181,16 @@ class Session:
                 prime = self._take_prime_locked()
                 predictor, source = self._serving, self._source
             start = time.perf_counter()
-            if prime is not None:
+            if decision.restart_fusion:
+                predictor.reset()                # fusion never blends across a cut
+            elif prime is not None:
                 predictor.prime(prime)
             labels, rel = predictor.predict(frame, with_reliability)
             elapsed = time.perf_counter() - start
+            signal = self._watch.see(labels, rebase)
+            if signal is not None:
+                with self._lock:
+                    self._watch.after_frame_locked(signal, self._phase)
             if source is Source.ADAPTED and self._iss.buffer_bytes:
                 # The ISS predictor's frame-size buffers (~0.4 GB at 480 x 854, 124 classes)
                 # idle while the adapted model serves; freed here, under the push lock that
@@ -194,7 +221,7 @@ class Session:
         if len(self._warmup) >= target:
             self._start_adaptation_locked()
             return
-        why = "frame size changed, warm-up restarted: " if restarted else ""
+        why = "frame size changed, warm-up restarted: " if restarted else self._warmup_why
         self._message = f"{why}collecting warm-up frames ({len(self._warmup)}/{target})"
         self._notify_locked()
 
@@ -208,6 +235,7 @@ class Session:
         self._steps_done, self._last_losses, self._num_objects = 0, None, 0
         self._steps_total = self._config.adaptation.iterations * len(frames)
         self._stage_seconds, self._stage = {}, ""
+        self._watch.adaptation_started_locked()
         self._set_phase_locked(Phase.ADAPTING, f"adapting on {len(frames)} warm-up frames")
         # The queue holds one job: a newer warm-up replaces one that has not started yet.
         self._job = _Job(self._generation, frames, cancel)
@@ -270,6 +298,7 @@ class Session:
             self._needs_prime = self._last_index != prime_index
             self._adaptations_done += 1
             self._stage = ""
+            self._watch.adaptation_ended_locked(succeeded=True)
             self._set_phase_locked(
                 Phase.ADAPTED, f"adapted with {self._num_objects} objects; serving the "
                 "adapted model with fusion")
@@ -287,6 +316,7 @@ class Session:
                 self._serving, self._source = self._iss, Source.ISS
                 self._adapted_model = None
                 self._stage = ""
+                self._watch.adaptation_ended_locked(succeeded=False)
                 self._set_phase_locked(
                     Phase.FAILED, f"adaptation failed: {reason}; serving the ISS model "
                     "(request a new adaptation to try again)")
@@ -330,6 +360,18 @@ class Session:
         self._warmup, self._warmup_hw = [], None
         self._steps_done, self._steps_total, self._last_losses = 0, 0, None
 
+    def _begin_warmup_locked(self, reason: Reason, why: str = "") -> None:
+        """A new warm-up starts with the next collected frame; a running adaptation is
+        cancelled (the worker starts the next one only after it returned) and the serving
+        model keeps serving. Service requests, resets and the policy all come here."""
+        restarted = self._phase is Phase.WARMUP and bool(self._warmup)
+        self._drop_adaptation_locked()
+        self._watch.warmup_started_locked(reason)
+        self._warmup_why = (f"adaptation ({reason.value})"
+                            f"{', warm-up restarted' if restarted else ''}: ")
+        self._set_phase_locked(Phase.WARMUP, f"{why}{self._warmup_why}collecting warm-up "
+                               f"frames (0/{self._config.adaptation.warmup_frames})")
+
     # ------------------------------------------------------------------ control
 
     def request_adaptation(self) -> None:
@@ -337,9 +379,7 @@ class Session:
         keeps serving until the new one replaces it (or fails: then the ISS model serves)."""
         with self._lock:
             self._check_open_locked()
-            self._drop_adaptation_locked()
-            self._set_phase_locked(Phase.WARMUP, "adaptation requested: collecting warm-up "
-                                   f"frames (0/{self._config.adaptation.warmup_frames})")
+            self._begin_warmup_locked(Reason.SERVICE)
         self._flush()
 
     def restart_stream(self) -> None:
@@ -358,11 +398,9 @@ class Session:
         WARMUP, a new warm-up begins with the next frame)."""
         with self._lock:
             self._check_open_locked()
-            self._drop_adaptation_locked()
             self._serving, self._source, self._adapted_model = self._iss, Source.ISS, None
             self._last_frame, self._needs_prime = None, False
-            self._set_phase_locked(Phase.WARMUP, "reset to the base model: collecting "
-                                   "warm-up frames")
+            self._begin_warmup_locked(Reason.STARTUP, "reset to the base model; ")
         self._flush()
 
     def save_adaptation(self, path: Path | str) -> None:
@@ -392,6 +430,7 @@ class Session:
             self._drop_adaptation_locked()
             self._serving, self._source, self._adapted_model = predictor, Source.ADAPTED, model
             self._last_frame, self._needs_prime = None, False
+            self._watch.model_loaded_locked()
             self._set_phase_locked(Phase.ADAPTED, f"loaded adaptation {str(path)!r}; serving "
                                    "the adapted model with fusion")
         self._flush()
@@ -441,7 +480,7 @@ class Session:
             last_losses=self._last_losses, num_objects=self._num_objects,
             stage_seconds=dict(self._stage_seconds), frames_pushed=self._frames_pushed,
             adaptations_done=self._adaptations_done, serving=self._source, stage=self._stage,
-            superseded_error=self._superseded_error)
+            superseded_error=self._superseded_error, **self._watch.status_fields_locked())
 
     def _set_phase_locked(self, phase: Phase, message: str) -> None:
         self._phase, self._message = phase, message

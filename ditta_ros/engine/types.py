@@ -24,6 +24,16 @@ class Phase(enum.Enum):
     FAILED = "FAILED"      # adaptation raised or found nothing to learn; serving ISS labels
 
 
+class Reason(enum.Enum):
+    """Why the latest adaptation (its warm-up) started (engine/policy.py decides most)."""
+
+    STARTUP = "startup"    # the session's first warm-up, or a reset to the base model
+    SERVICE = "service"    # asked for (Session.request_adaptation, the node's service)
+    CUT = "cut"            # the scene cut to an unrelated view
+    DRIFT = "drift"        # the scene drifted away from the one adapted to
+    PERIOD = "period"      # periodic policy: period_s elapsed
+
+
 class Source(enum.Enum):
     """Which model produced a result."""
 
@@ -217,3 +227,9 @@ class SessionStatus:
     serving: Source = Source.ISS          # the model serving the next pushed frame
     stage: str = ""                   # "A", "B" or "C" while ADAPTING runs that stage
     superseded_error: str = ""        # latest failure of a run that a newer one replaced
+    # streams (issue 13): why the latest warm-up started, adaptations whose stages began,
+    # cuts the scene detector found, failed adaptations since the last success
+    adaptation_reason: Reason = Reason.STARTUP
+    adaptations_started: int = 0
+    cuts: int = 0
+    consecutive_failures: int = 0

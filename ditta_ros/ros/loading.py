@@ -32,7 +32,8 @@ StatusCallback = Callable[[SessionStatus], None]
 class StreamSession(Protocol):
     """What the node needs of a session (``ditta_ros.engine.session.Session`` is one)."""
 
-    def push(self, frame: np.ndarray, with_reliability: bool = False) -> Result: ...
+    def push(self, frame: np.ndarray, with_reliability: bool = False,
+             stamp: float | None = None) -> Result: ...
 
     def restart_stream(self) -> None: ...
 

@@ -106,6 +106,7 @@ class DittaNode(LifecycleNode):
         self._slot: LatestSlot[tuple[Any, float]] = LatestSlot()
         self._health = StreamHealth(log_period=5.0)
         self._last_phase: Phase | None = None
+        self._last_failure = ""                  # the latest FAILED message (/diagnostics)
         self._phase_lock = threading.Lock()
         self._remove_bridge = install_bridge(self.get_logger())
         self._last_error = ""                    # why the last configure failed
@@ -247,7 +248,7 @@ class DittaNode(LifecycleNode):
                 raise named("adaptation_file", node_cfg.adaptation_file, err) from err
         self._create_outputs(node_cfg)
         self._health.reset()
-        self._last_phase = None
+        self._last_phase, self._last_failure = None, ""
 
     def _create_outputs(self, node_cfg: NodeConfig) -> None:
         qos = output_qos(node_cfg)
@@ -345,7 +346,8 @@ class DittaNode(LifecycleNode):
             self._warn(stamp.warning)
             if stamp.jumped_back:
                 session.restart_stream()     # never fuse with the frame before the jump
-            result = session.push(decoded.frame, with_reliability=node_cfg.publish_confidence)
+            result = session.push(decoded.frame, with_reliability=node_cfg.publish_confidence,
+                                  stamp=stamp.seconds)   # the stream policy's clock
         except InputError as err:
             line = health.rejected(str(err), header.frame_id)
             if line is not None:
@@ -380,6 +382,7 @@ class DittaNode(LifecycleNode):
             change = (f"phase {previous.value if previous else 'none'} -> "
                       f"{status.phase.value}: {status.message}")
             if status.phase is Phase.FAILED:
+                self._last_failure = status.message
                 self.get_logger().warning(change)
             else:
                 self.get_logger().info(change)
@@ -406,7 +409,8 @@ class DittaNode(LifecycleNode):
         recent = health.rejected_since_last_report()
         array = outputs.diagnostics_message(self.get_clock().now().to_msg(),
                                             self.get_fully_qualified_name(),
-                                            self.status_message(), health.counts(), recent)
+                                            self.status_message(), health.counts(), recent,
+                                            self._last_failure)
         array.status[0].values.extend(KeyValue(key=k, value=v)
                                       for k, v in health.diagnostic_values())
         self._diag_pub.publish(array)

@@ -25,6 +25,7 @@ from ditta_ros.ros.image import array_to_image
 from ditta_ros.ros.worker import FrameCounts
 
 UNLABELLED = 255  # label value of pixels without a class in mono8 label images
+REPEATED_FAILURES = 2  # /diagnostics warns from this many failed adaptations in a row
 
 PHASE_IDS: dict[Phase | None, int] = {
     None: AdaptationStatus.PHASE_NONE,
@@ -135,6 +136,10 @@ def status_message(stamp: Time, lifecycle: str, status: SessionStatus | None,
         msg.adaptations_completed = int(status.adaptations_done)
         msg.stage = status.stage
         msg.superseded_error = status.superseded_error
+        msg.adaptation_reason = status.adaptation_reason.value
+        msg.adaptations_started = int(status.adaptations_started)
+        msg.scene_cuts = int(status.cuts)
+        msg.consecutive_failures = int(status.consecutive_failures)
         losses = status.last_losses
         msg.loss_distill = _nan_if_none(losses.distill if losses else None)
         msg.loss_distill_addon = _nan_if_none(losses.distill_addon if losses else None)
@@ -159,17 +164,24 @@ def status_message(stamp: Time, lifecycle: str, status: SessionStatus | None,
 
 
 def diagnostics_message(stamp: Time, name: str, status: AdaptationStatus,
-                        counts: FrameCounts, recent_rejections: bool) -> DiagnosticArray:
+                        counts: FrameCounts, recent_rejections: bool,
+                        last_failure: str = "") -> DiagnosticArray:
     """/diagnostics: one DiagnosticStatus with rates, latency, drops and the phase.
 
-    Level: STALE when not active, WARN when adaptation failed or frames were rejected since
-    the previous report, else OK.
+    Level: STALE when not active; WARN when ``REPEATED_FAILURES`` or more adaptations failed
+    in a row (whatever the phase: the stream policy may already be collecting the next
+    warm-up; ``last_failure`` says why the latest failed), when the adaptation failed, or
+    when frames were rejected since the previous report; else OK.
     """
     entry = DiagnosticStatus()
     entry.name = f"{name}: semantic segmentation"
     entry.hardware_id = name
     if status.lifecycle_state != AdaptationStatus.LIFECYCLE_ACTIVE:
         entry.level, entry.message = DiagnosticStatus.STALE, f"node {status.lifecycle_label}"
+    elif status.consecutive_failures >= REPEATED_FAILURES:
+        entry.level = DiagnosticStatus.WARN
+        entry.message = (f"adaptations fail repeatedly: {status.consecutive_failures} in a "
+                         f"row{'; latest: ' + last_failure if last_failure else ''}")
     elif status.phase == AdaptationStatus.PHASE_FAILED:
         entry.level, entry.message = DiagnosticStatus.WARN, f"adaptation failed: {status.message}"
     elif recent_rejections:
@@ -185,6 +197,10 @@ def diagnostics_message(stamp: Time, name: str, status: AdaptationStatus,
         "frames_dropped": str(counts.dropped), "frames_rejected": str(counts.rejected),
         "last_rejection": counts.last_rejection,
         "adaptations_completed": str(status.adaptations_completed),
+        "adaptations_started": str(status.adaptations_started),
+        "adaptation_reason": status.adaptation_reason,
+        "scene_cuts": str(status.scene_cuts),
+        "consecutive_failures": str(status.consecutive_failures),
     }
     entry.values = [KeyValue(key=k, value=v) for k, v in values.items()]
     array = DiagnosticArray()

@@ -40,6 +40,7 @@ from ditta_ros.config import (
     FusionConfig,
     ModelConfig,
     NodeConfig,
+    StreamConfig,
     TeacherConfig,
     settings_of,
 )
@@ -53,6 +54,7 @@ SECTIONS: tuple[tuple[str, type], ...] = (
     ("teacher", TeacherConfig),
     ("adaptation", AdaptationConfig),
     ("fusion", FusionConfig),
+    ("stream", StreamConfig),
     ("", NodeConfig),
 )
 
@@ -192,7 +194,8 @@ def build_configs(values: Mapping[str, Any]) -> tuple[DittaConfig, NodeConfig]:
         except ConfigError as err:
             raise ConfigError(_ros_names(str(err), prefix, section)) from None
     engine = DittaConfig(model=sections["model"], teacher=sections["teacher"],
-                         adaptation=sections["adaptation"], fusion=sections["fusion"])
+                         adaptation=sections["adaptation"], fusion=sections["fusion"],
+                         stream=sections["stream"])
     return engine, sections[""]
 
 

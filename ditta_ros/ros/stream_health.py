@@ -18,6 +18,8 @@ from ditta_ros.ros.worker import FrameCounts, FrameStats, RateLimitedLog, reason
 class StampCheck(NamedTuple):
     jumped_back: bool         # the stamp is older than the previous frame's
     warning: str | None       # the line to log, None when held back or not a jump
+    seconds: float | None     # the stamp in seconds for the adaptation policy; None when
+                              # unset (0: a driver that does not stamp; node clock then)
 
 
 class StreamHealth:
@@ -58,18 +60,19 @@ class StreamHealth:
         """An input stamp older than the previous frame's (a bag that loops, a camera or
         clock restarted) is counted and jumped_back; the frame is still served."""
         stamp = (int(sec), int(nanosec))
+        seconds = stamp[0] + stamp[1] * 1e-9 if stamp != (0, 0) else None
         previous, self._stamp = self._stamp, stamp
         if previous is None or stamp >= previous:
-            return StampCheck(False, None)
+            return StampCheck(False, None, seconds)
         self.stamp_jumps_back += 1
         suppressed = self._limit.check("stamp")
         if suppressed is None:
-            return StampCheck(True, None)
+            return StampCheck(True, None, seconds)
         back = (previous[0] - stamp[0]) + (previous[1] - stamp[1]) * 1e-9
         return StampCheck(True, (
             f"input stamp went back by {back:.3f} s (frame_id '{frame_id}'; a looping bag or "
             "a restarted camera?): served as usual without the add-on, outputs keep the "
-            f"input stamp, the adaptation stays{_more(suppressed, '')}"))
+            f"input stamp, the adaptation stays{_more(suppressed, '')}"), seconds)
 
     def rejected(self, reason: str, frame_id: str) -> str | None:
         """Count a rejected frame; a warning line at most once per period per kind."""

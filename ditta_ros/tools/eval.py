@@ -152,6 +152,15 @@ def run_parser() -> Parser:
     p.add_argument("--bag-storage", choices=("mcap", "sqlite3"), default="mcap",
                    help="storage of the output bags")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # streams (issue 13): ditta_ros.tools.streams
+    p.add_argument("--as-stream", action="store_true",
+                   help="join the videos into one stream and compare iss, ditta with policy "
+                        "once and ditta with on_scene_change (methods: --methods from "
+                        "iss,once,on_scene_change); warm-up: --warmup-frames or "
+                        "adaptation.warmup_frames")
+    p.add_argument("--stream-fps", type=float, default=30.0,
+                   help="--as-stream: frames per second the stream's stamps assume (the "
+                        "policy's cooldown and period are in seconds)")
     live = p.add_argument_group("live replay through a running ditta_node (--live)")
     live.add_argument("--live", action="store_true",
                       help="replay the bag into a running ditta_node and score what it "
@@ -187,7 +196,7 @@ def build_config(args: argparse.Namespace, num_classes: int) -> DittaConfig:
     sections: dict[str, dict[str, Any]] = {
         "model": {"checkpoint": args.segformer, "variant": args.variant,
                   "num_classes": num_classes, "device": args.device},
-        "teacher": teacher, "adaptation": {}, "fusion": {}}
+        "teacher": teacher, "adaptation": {}, "fusion": {}, "stream": {}}
     if args.warmup_ratio is not None:
         sections["adaptation"]["warmup_ratio"] = args.warmup_ratio
     if args.iterations is not None:
@@ -322,6 +331,10 @@ def run_main(argv: Sequence[str]) -> int:
     classes = load_classes(args.classes)
     num_classes = args.num_classes or classes.num_classes
     config = build_config(args, num_classes)
+    if args.as_stream and not args.check_only:   # streams (issue 13); --check-only scans
+        from ditta_ros.tools.streams import stream_main
+
+        return stream_main(args, config, sources_from_args(args, num_classes))
     options = EvalOptions(output=args.output or Path("."), methods=methods,
                           warmup_frames=args.warmup_frames, classes=args.classes,
                           plots=not args.no_plots, strip_frames=args.strip_frames,
