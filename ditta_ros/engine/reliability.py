@@ -42,6 +42,20 @@ def entropy(probs: Tensor) -> Tensor:
     return -plogp.sum(dim=1)                                # (B, H, W)
 
 
+def entropy_into(probs: Tensor, out: Tensor) -> Tensor:
+    """(B, C, h, W) float32 probabilities -> ``out`` (B, h, W) = -sum_c p log p (0 log 0 = 0).
+
+    Stage D's entropy: torch.special.entr then a sum over classes."""
+    return torch.sum(torch.special.entr(probs), dim=1, out=out)
+
+
+def reliability_from_entropy(e: Tensor) -> Tensor:
+    """(B, H, W) entropy -> R = 1 - E / max_frame(E); an all-certain frame gives R = 1."""
+    e_max = e.amax(dim=(1, 2), keepdim=True)                   # (B, 1, 1)
+    safe_max = torch.where(e_max > 0, e_max, torch.ones_like(e_max))
+    return 1.0 - e / safe_max
+
+
 def reliability(probs: Tensor) -> Tensor:
     """(B, C, H, W) probabilities -> (B, H, W) float32 R = 1 - E / max_frame(E).
 
