@@ -18,6 +18,7 @@ Usage: ``python bench/bench_fusion.py [--threads N] [--repeats N] [--frame-size 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -107,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame-size", default="480x854", help="frame HxW")
     p.add_argument("--num-classes", type=int, default=124)
     p.add_argument("--tile-rows", default="16,32,64", help="band heights to time")
+    p.add_argument("--previous", type=Path, default=None,
+                   help="fusion.py of an older checkout whose frame_output(..., workspace=) "
+                   "is timed too (e.g. the workspace version: git show "
+                   "61e95ce:ditta_ros/engine/fusion.py > /tmp/fusion_61e95ce.py)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     height, width = (int(v) for v in args.frame_size.lower().split("x"))
@@ -122,6 +127,16 @@ def main(argv: list[str] | None = None) -> int:
         "plain, straightforward": lambda: straightforward(plain, None, input_hw, fhw, 0.8),
         "fused, straightforward": lambda: straightforward(plain, addon, input_hw, fhw, 0.8),
     }
+    if args.previous is not None:
+        spec = importlib.util.spec_from_file_location("previous_fusion", args.previous)
+        assert spec is not None and spec.loader is not None
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
+        workspace = old.FrameWorkspace(branches=2)
+        modes["plain, previous"] = partial(old.frame_output, plain, None, input_hw, fhw, 0.8,
+                                           workspace=workspace)
+        modes["fused, previous"] = partial(old.frame_output, plain, addon, input_hw, fhw, 0.8,
+                                           workspace=workspace)
     for t in tiles:
         modes[f"plain, rows {t}"] = partial(frame_output, plain, None, input_hw, fhw, 0.8,
                                             buffers=buffers, tile_rows=t)
@@ -156,13 +171,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.repeats} repeats; load average at start {load[0]:.1f} {load[1]:.1f}, "
           f"at end {os.getloadavg()[0]:.1f}; labels, probabilities, reliability identical")
     print(f"output stage: {OUTPUT_STAGE}")
-    print("| output | straightforward s | " + " | ".join(f"rows {t} s" for t in tiles)
-          + " | best speed-up |\n|---|---|" + "---|" * len(tiles) + "---|")
+    prev = args.previous is not None
+    print("| output | straightforward s | " + ("previous s | " if prev else "")
+          + " | ".join(f"rows {t} s" for t in tiles)
+          + " | best speed-up vs straightforward |" + (" vs previous |" if prev else "")
+          + "\n|---|---|" + ("---|" if prev else "") + "---|" * len(tiles) + "---|"
+          + ("---|" if prev else ""))
     for kind in ("plain", "fused"):
         a = med[f"{kind}, straightforward"]
         bs = [med[f"{kind}, rows {t}"] for t in tiles]
-        print(f"| {kind} | {a:.3f} | " + " | ".join(f"{b:.3f}" for b in bs)
-              + f" | {a / min(bs):.2f} x |")
+        row = f"| {kind} | {a:.3f} | "
+        if prev:
+            row += f"{med[f'{kind}, previous']:.3f} | "
+        row += " | ".join(f"{b:.3f}" for b in bs) + f" | {a / min(bs):.2f} x |"
+        if prev:
+            row += f" {med[f'{kind}, previous'] / min(bs):.2f} x |"
+        print(row)
     print("whole-map fused output, passes (median s): " + ", ".join(
         f"{k} {statistics.median(s[k] for s in split):.3f}" for k in split[0]))
     return 0

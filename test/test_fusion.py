@@ -197,8 +197,11 @@ def test_bad_input_and_settings_raise_specific_errors() -> None:
     with pytest.raises(InputError, match="shape"):
         stream.predict(np.zeros((64, 96), np.uint8))
     assert not stream.primed                     # a rejected frame changes nothing
-    with pytest.raises(ConfigError, match="half"):
-        StreamPredictor(model, tiny_config(half=True).model, FUSION, "cpu", use_addon=True)
+    with pytest.raises(ConfigError, match=r"ModelConfig\.precision = 'fp64'"):
+        tiny_config(precision="fp64")
+    with pytest.raises(ConfigError, match=r"ModelConfig\.precision = 'bf16' needs autocast"):
+        StreamPredictor(model, tiny_config(precision="bf16").model, FUSION, "meta",
+                        use_addon=True)
     frames = frames_of(make_video(seed=7), 1) + frames_of(make_video(7, 48, 80), 1)
     with pytest.raises(InputError, match="one size"):
         predict_clip(model, frames[0], frames[1], config.model, FUSION, "cpu")

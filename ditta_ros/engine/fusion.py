@@ -23,22 +23,22 @@ blocking, and nothing reads a device value on the host.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ContextManager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ditta_ros.config import FusionConfig, ModelConfig
-from ditta_ros.engine.errors import ConfigError, InputError
+from ditta_ros.engine.errors import InputError
 from ditta_ros.engine.output_stage import OUTPUT_STAGE as OUTPUT_STAGE
 from ditta_ros.engine.output_stage import TIE_WEIGHT as TIE_WEIGHT
 from ditta_ros.engine.output_stage import FrameOutput as FrameOutput
 from ditta_ros.engine.output_stage import OutputBuffers, output_stage_plan
 from ditta_ros.engine.output_stage import frame_output as frame_output
 from ditta_ros.engine.output_stage import fusion_weight as fusion_weight
+from ditta_ros.engine.precision import autocast, check_precision
 from ditta_ros.engine.preprocess import check_frame, input_size, prepare
 from ditta_ros.engine.reliability import entropy_into, reliability_from_entropy
 
@@ -80,18 +80,6 @@ def _to_numpy(out: FrameOutput) -> tuple[np.ndarray, np.ndarray | None]:
     labels = out.labels.cpu().numpy()
     rel = out.reliability.cpu().numpy() if out.reliability is not None else None
     return labels, rel
-
-
-def _autocast(device: torch.device, half: bool) -> ContextManager[object]:
-    if half:
-        return torch.autocast(device_type=device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
-def _check_half(model_config: ModelConfig, device: torch.device) -> None:
-    if model_config.half and device.type != "cuda":
-        raise ConfigError(f"ModelConfig.half = True needs a CUDA device, but the model runs on "
-                          f"{device}; set half to false or device to cuda")
 
 
 def _input_tensor(frame: np.ndarray, model_config: ModelConfig,
@@ -144,7 +132,7 @@ class StreamPredictor:
         self.model_config = model_config
         self.fusion_config = fusion_config
         self.device = torch.device(device)
-        _check_half(model_config, self.device)
+        check_precision(model_config.precision, self.device)
         self.use_addon = use_addon
         self._cache: _Cache | None = None
         self._buffers = OutputBuffers()
@@ -177,7 +165,7 @@ class StreamPredictor:
     def _encode(self, frame: np.ndarray) -> tuple[Tensor, Tensor, tuple[int, int]]:
         check_frame(frame)
         x = _input_tensor(frame, self.model_config, self.device)
-        with _autocast(self.device, self.model_config.half):
+        with autocast(self.device, self.model_config.precision):
             feats, logits = self.model.iss.forward_features(x)   # (1,D,h,w), (1,C,h,w)
         return feats, logits, (int(x.shape[2]), int(x.shape[3]))
 
@@ -201,7 +189,7 @@ class StreamPredictor:
             feats, logits, input_hw = self._encode(frame)
             addon_logits = None
             if self.use_addon and self._cache is not None:
-                with _autocast(self.device, self.model_config.half):
+                with autocast(self.device, self.model_config.precision):
                     addon_logits = self.model.addon(feats, self._cache.features,
                                                     self._cache.logits)   # (1, C, h, w)
             if self.use_addon:
@@ -226,7 +214,7 @@ def clip_output(model: DittaModel, prev_frame: np.ndarray | None, frame: np.ndar
     network as a batch of 2 and the add-on output belongs to frame t. No previous frame:
     frame t alone, plain branch only."""
     dev = torch.device(device)
-    _check_half(model_config, dev)
+    check_precision(model_config.precision, dev)
     check_frame(frame)
     frame_hw = (int(frame.shape[0]), int(frame.shape[1]))
     frames = [frame] if prev_frame is None else [prev_frame, frame]
@@ -238,7 +226,7 @@ def clip_output(model: DittaModel, prev_frame: np.ndarray | None, frame: np.ndar
     model.eval()
     with torch.inference_mode():
         x = torch.cat([_input_tensor(f, model_config, dev) for f in frames])  # (B,3,Hin,Win)
-        with _autocast(dev, model_config.half):
+        with autocast(dev, model_config.precision):
             feats, logits = model.iss.forward_features(x)           # (B,D,h,w), (B,C,h,w)
             addon_logits = (model.addon(feats[1:], feats[:1], logits[:1])
                             if prev_frame is not None else None)

@@ -219,7 +219,7 @@ def frame_output(plain_logits: Tensor, addon_logits: Tensor | None, input_hw: tu
         r = reliability_from_entropy(e)                                # (2, H, W)
         w = fusion_weight(r[0:1], r[1:2], tau).unsqueeze(1)            # (1, 1, H, W)
     for i, (r0, r1) in enumerate(bands):                               # walk 2 (the only
-        if kept is None:                                               # one for ISS alone)
+        if kept is None or w is None:                                  # one for ISS alone)
             final = torch.softmax(branches[0].rows(r0, r1), dim=1)     # (1, C, rows, W)
         else:
             band = kept[i, :, :, :r1 - r0]                             # (2, C, rows, W)

@@ -25,11 +25,13 @@ from ditta_ros.engine.errors import InputError
 # ImageNet statistics on the 0-255 scale, in RGB order (mmseg's SegFormer pipeline).
 MEAN_RGB = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 STD_RGB = np.array([58.395, 57.12, 57.375], dtype=np.float32)
-# The reference normalises with OpenCV's scalar arithmetic on a float32 image: the mean is
-# subtracted in float32, then the image is multiplied by 1/std (float64) with a float64
-# product rounded back to float32. Dividing by std, or multiplying in float32, differs in
-# the last bit for some pixels; this reproduces OpenCV's numbers exactly.
-_INV_STD_RGB = 1.0 / np.array([58.395, 57.12, 57.375], dtype=np.float64)
+# The reference normalises with OpenCV's scalar arithmetic on a float32 image, with its
+# statistics stored as float32 and widened to float64 (mmcv: np.float64 of the float32
+# arrays): the mean is subtracted (exactly float32 subtraction), then the image is
+# multiplied by 1 / float64(float32(std)) with a float64 product rounded back to float32.
+# Taking 1/std from the decimal std instead moves about 1 in 10 R and G values by 1 ulp;
+# dividing by std, or multiplying in float32, differs too.
+_INV_STD_RGB = 1.0 / STD_RGB.astype(np.float64)
 
 DEFAULT_FIT_LONG = 853
 DEFAULT_FIT_SHORT = 480

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ditta_ros.config import ModelConfig
 from ditta_ros.engine.errors import CancelledError, InputError
+from ditta_ros.engine.precision import autocast
 from ditta_ros.engine.preprocess import check_frame, prepare, to_frame_size
 
 if TYPE_CHECKING:
@@ -114,9 +115,10 @@ def iss_labels(model: DittaModel, frames: Sequence[np.ndarray], model_config: Mo
                 x = torch.from_numpy(prepare(frame, model_config.fit_long,
                                              model_config.fit_short))
                 x = x.unsqueeze(0).to(device)                       # (1, 3, Hin, Win)
-                _, logits = model.iss.forward_features(x)           # (1, C, Hin/4, Win/4)
+                with autocast(device, model_config.precision):   # network only
+                    logits = model.iss.forward_features(x).logits   # (1, C, Hin/4, Win/4)
                 logits = to_frame_size(logits.float(), (x.shape[2], x.shape[3]),
-                                       (height, width))             # (1, C, H, W)
+                                       (height, width))             # (1, C, H, W) float32
                 probs = torch.softmax(logits, dim=1)
                 y, r = labels_and_reliability(probs)                # (1, H, W) each
                 labels[t] = y[0].cpu().numpy()
