@@ -1,7 +1,7 @@
 """Stage D frame-size output: the row-tiled implementation against the straightforward one.
 
 Times ``output_stage.frame_output`` (bands of rows, argmax by a matrix product) and the
-whole-map pipeline (``to_frame_size``, softmax, ``torch.special.entr`` reliabilities, lerp,
+whole-map pipeline (``to_frame_size``, softmax, ``-sum p log p`` reliabilities, lerp,
 argmax, every step into a new tensor), for the plain branch alone (ISS serving) and for
 the fused two-branch output (DiTTA streaming), interleaved, medians over repeats, on the
 same logits. First checks that both give the same labels, probabilities and reliability
@@ -43,7 +43,8 @@ from ditta_ros.engine.preprocess import input_size, to_frame_size  # noqa: E402
 
 
 def _reliability(probs: torch.Tensor) -> torch.Tensor:
-    e = torch.special.entr(probs.float()).sum(dim=1)                 # (B, H, W)
+    p = probs.float()
+    e = -(p * torch.log(p)).masked_fill(p == 0, 0.0).sum(dim=1)      # (B, H, W)
     e_max = e.amax(dim=(1, 2), keepdim=True)
     return 1.0 - e / torch.where(e_max > 0, e_max, torch.ones_like(e_max))
 
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = importlib.util.spec_from_file_location("previous_fusion", args.previous)
         assert spec is not None and spec.loader is not None
         old = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = old             # dataclasses look their module up
         spec.loader.exec_module(old)
         workspace = old.FrameWorkspace(branches=2)
         modes["plain, previous"] = partial(old.frame_output, plain, None, input_hw, fhw, 0.8,

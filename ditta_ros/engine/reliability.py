@@ -28,30 +28,63 @@ if TYPE_CHECKING:
     from ditta_ros.engine.model import DittaModel
 
 
+# Pixels per class sum (see _class_sum_into): a multiple of 64 pixels, and at most torch's
+# grain size (32768 elements) so that torch.sum runs on one thread.
+_GRAIN = 32768
+_BLOCK = 64
+
+
 def entropy(probs: Tensor) -> Tensor:
     """(B, C, H, W) probabilities -> (B, H, W) float32 entropy -sum_c p log p.
 
-    Computed as the reference does, p * log(p) with torch.log, then summed over classes:
-    torch.special.xlogy differs from it in the last bit for some pixels, and reliabilities
-    feed exact comparisons (threshold, peak pixel). Deliberate deviation: 0 log 0 is taken
-    as 0 (its limit) where the reference gets NaN (a float32 softmax underflowing to 0).
-    """
+    The one entropy of stages A and D (:func:`entropy_into`)."""
     if probs.dim() != 4:
         raise InputError(f"expected (B, C, H, W) probabilities, got shape {tuple(probs.shape)}")
-    p = probs.float()
-    plogp = (p * torch.log(p)).masked_fill(p == 0, 0.0)     # (B, C, H, W)
-    return -plogp.sum(dim=1)                                # (B, H, W)
+    out = torch.empty((probs.shape[0],) + tuple(probs.shape[2:]), dtype=torch.float32,
+                      device=probs.device)
+    return entropy_into(probs.float(), out)
 
 
 def entropy_into(probs: Tensor, out: Tensor) -> Tensor:
-    """(B, C, h, W) float32 probabilities -> ``out`` (B, h, W) = -sum_c p log p (0 log 0 = 0).
+    """(B, C, h, W) float32 probabilities -> ``out`` (B, h, W) float32, -sum_c p log p.
 
-    Stage D's entropy: torch.special.entr then a sum over classes."""
-    return torch.sum(torch.special.entr(probs), dim=1, out=out)
+    Computed as the reference does, p * log(p) with torch.log, then summed over classes:
+    torch.special.xlogy or entr differ from it in the last bit for some pixels, and
+    reliabilities feed exact comparisons (threshold, peak pixel, the fusion weight).
+    Deliberate deviation: 0 log 0 is taken as 0 (its limit) where the reference gets NaN
+    (a float32 softmax underflowing to 0). The class sum runs in pieces that make the
+    result independent of the number of threads (:func:`_class_sum_into`), so the same
+    probabilities give the same entropy in every process, and a band of rows gives the
+    numbers of the whole map.
+    """
+    plogp = torch.log(probs).mul_(probs).masked_fill_(probs == 0, 0.0)   # (B, C, h, W)
+    _class_sum_into(plogp, out)
+    return out.neg_()
+
+
+def _class_sum_into(terms: Tensor, out: Tensor) -> None:
+    """out (B, h, W) = terms (B, C, h, W) summed over C, as torch.sum(dim=1) on one thread.
+
+    torch.sum over a middle dimension, with more than one thread, splits the pixels among
+    threads at 32-float boundaries while its vectorised kernel adds 4 vectors of pixels at
+    a time (64 floats on AVX-512) and finishes a range with single vectors, whose additions
+    are grouped differently: where a split falls, and how many threads join, changes the
+    last bit of some pixels' sums (the first call in a fresh process differed from later
+    ones). Summing pieces of at most 32768 elements (torch then stays on one thread), each
+    a multiple of 64 pixels, gives every pixel the same operations whatever the threads.
+    """
+    batch, classes = int(terms.shape[0]), int(terms.shape[1])
+    flat = terms.reshape(batch, classes, -1)                      # (B, C, n)
+    flat_out = out.view(batch, -1)                                # (B, n)
+    n = int(flat.shape[2])
+    step = max(_GRAIN // max(classes * batch, 1) // _BLOCK, 1) * _BLOCK
+    for start in range(0, n, step):
+        torch.sum(flat[:, :, start:start + step], dim=1, out=flat_out[:, start:start + step])
 
 
 def reliability_from_entropy(e: Tensor) -> Tensor:
-    """(B, H, W) entropy -> R = 1 - E / max_frame(E); an all-certain frame gives R = 1."""
+    """(B, H, W) entropy -> R = 1 - E / max_frame(E); an all-certain frame gives R = 1
+    (where the whole frame has zero entropy, divide by 1: E / 1 = 0)."""
     e_max = e.amax(dim=(1, 2), keepdim=True)                   # (B, 1, 1)
     safe_max = torch.where(e_max > 0, e_max, torch.ones_like(e_max))
     return 1.0 - e / safe_max
@@ -63,11 +96,7 @@ def reliability(probs: Tensor) -> Tensor:
     The maximum is taken per frame (per batch element). A frame whose entropy is 0
     everywhere (every pixel certain) has R = 1 everywhere instead of 0/0.
     """
-    e = entropy(probs)                                      # (B, H, W)
-    e_max = e.amax(dim=(1, 2), keepdim=True)                # (B, 1, 1)
-    # Where the whole frame has zero entropy, divide by 1: E / 1 = 0, so R = 1.
-    safe_max = torch.where(e_max > 0, e_max, torch.ones_like(e_max))
-    return 1.0 - e / safe_max
+    return reliability_from_entropy(entropy(probs))
 
 
 def labels_and_reliability(probs: Tensor) -> tuple[Tensor, Tensor]:
