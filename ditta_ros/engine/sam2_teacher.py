@@ -31,6 +31,7 @@ from PIL import Image
 
 from ditta_ros.config import TeacherConfig
 from ditta_ros.engine.errors import AdaptationError, CheckpointError, ConfigError, InputError
+from ditta_ros.engine.precision import sam2_autocast_dtype
 from ditta_ros.engine.teacher import ObjectMasks
 
 SAM2_MEAN = (0.485, 0.456, 0.406)
@@ -119,18 +120,22 @@ def _silence_progress_bars() -> None:
 class SAM2Propagator:
     """:class:`MaskPropagator` on a ``SAM2VideoPredictor``.
 
-    Runs under ``torch.inference_mode``; bfloat16 autocast on CUDA, float32 elsewhere.
+    Runs under ``torch.inference_mode``; bfloat16 autocast on CUDA, float32 elsewhere, unless
+    ``precision`` (ModelConfig.precision) asks for bf16 or fp16 autocast.
     Point prompts are (col, row) in original-frame pixels, label 1, with SAM2's coordinate
     normalisation (no +0.5). Masks are SAM2's logits at frame size, thresholded at > 0.
     """
 
-    def __init__(self, predictor: Any, device: torch.device | str | None = None) -> None:
+    def __init__(self, predictor: Any, device: torch.device | str | None = None,
+                 precision: str = "fp32") -> None:
         model_device = torch.device(predictor.device)
         if device is not None and not _same_device(torch.device(device), model_device):
             raise ConfigError(f"the SAM2 predictor lives on {model_device} but the teacher "
                               f"was asked to run on {device}; build it on that device")
         self.predictor = predictor
         self.device = model_device
+        # ModelConfig.precision: bf16 on CUDA at fp32 (the paper), else its own dtype.
+        self._autocast_dtype = sam2_autocast_dtype(precision, model_device)
         self._state: _ClipState | None = None
         _silence_progress_bars()
 
@@ -200,8 +205,8 @@ class SAM2Propagator:
     def _context(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
-            if self.device.type == "cuda":
-                stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+            if self._autocast_dtype is not None:
+                stack.enter_context(torch.autocast(self.device.type, dtype=self._autocast_dtype))
             yield
 
 

@@ -466,19 +466,21 @@ class SAM2Teacher(PropagationTeacher):
 
     def __init__(self, predictor: object, config: TeacherConfig,
                  device: torch.device | str | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, precision: str = "fp32") -> None:
         from ditta_ros.engine.sam2_teacher import SAM2Propagator
 
-        super().__init__(SAM2Propagator(predictor, device), config, num_classes)
+        super().__init__(SAM2Propagator(predictor, device, precision), config, num_classes)
 
 
 def build_sam2_teacher(config: TeacherConfig, device: torch.device | str | None = None,
-                       num_classes: int | None = None) -> SAM2Teacher:
+                       num_classes: int | None = None,
+                       precision: str = "fp32") -> SAM2Teacher:
     """SAM2 teacher from ``config``: local checkpoint, or seeded random weights when
     ``config.sam2_checkpoint`` is empty. Never downloads; raises CheckpointError naming the
-    path and the fix. ``config.device`` wins over ``device`` when set."""
+    path and the fix. ``config.device`` wins over ``device`` when set. ``precision``:
+    ModelConfig.precision (SAM2's autocast, see :mod:`ditta_ros.engine.precision`)."""
     from ditta_ros.engine.sam2_teacher import build_sam2_predictor, teacher_device
 
     where = teacher_device(config, device)
     predictor = build_sam2_predictor(config, where)
-    return SAM2Teacher(predictor, config, where, num_classes)
+    return SAM2Teacher(predictor, config, where, num_classes, precision)

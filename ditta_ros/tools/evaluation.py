@@ -134,7 +134,8 @@ def build_models(config: DittaConfig, methods: Sequence[str], warn: Callable[[st
                  f"seed {config.teacher.seed}); its masks mean nothing (tests and smoke runs "
                  "only)")
         teacher = build_sam2_teacher(config.teacher, config.model.device,
-                                     num_classes=model.num_classes)
+                                     num_classes=model.num_classes,
+                                     precision=config.model.precision)
     return Models(model, teacher)
 
 
