@@ -239,6 +239,12 @@ class FrameRows:
                     align_corners=False)
             return full[:, :, r0:r1]
         m = out_h // in_h
+        if m == 1 and r1 - r0 + out_w > _SMALL_OUTPUT:
+            # Same height: output row r is input row r (the kernel adds the next row with
+            # weight 0, which changes nothing for finite values), so the band is exactly
+            # the rows asked for: no slicing, no copy.
+            return F.interpolate(self._rows(k - 1, r0, r1).contiguous(), size=(r1 - r0, out_w),
+                                 mode="bilinear", align_corners=False)
         # Input rows the band reads: from floor(source(r0)) (source = (r + 0.5) / m - 0.5,
         # clamped at 0) to the row after floor(source(r1 - 1)).
         a = max(((2 * r0 + 1 - m) // (2 * m)), 0)
