@@ -442,3 +442,13 @@ def test_b0_sized_stream_labels_equal_the_straightforward_pipeline() -> None:
         np.testing.assert_array_equal(labels, ref_labels.numpy())
         assert rel is not None
         np.testing.assert_array_equal(rel, ref_rel.numpy())
+
+
+def test_output_stage_names_how_a_frame_size_is_computed() -> None:
+    config = tiny_config()
+    fit = ModelConfig(variant="tiny", num_classes=config.model.num_classes, embed_dim=32)
+    stream = StreamPredictor(tiny_model(config), fit, FUSION, "cpu", use_addon=True)
+    assert stream.output_stage((480, 854)) == "row-tiled (eager)"       # x4 then x1 rows
+    assert stream.output_stage((480, 640)) == "row-tiled (eager)"
+    wide = stream.output_stage((720, 1280))                               # 480 -> 720 rows
+    assert wide.startswith("row-tiled (eager)") and "480->720" in wide
