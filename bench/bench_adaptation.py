@@ -145,8 +145,9 @@ def run_adaptation_bench(sizes: Sequence[tuple[int, int]], lengths: Sequence[int
         t0 = time.perf_counter()
         cases.append(run_case(h, w, n, teacher, make_config(h, w, args), device))
         if progress:
-            print(f"[bench_adaptation] {h}x{w}, {n} frames: {time.perf_counter() - t0:.0f} s",
-                  file=sys.stderr, flush=True)
+            stages = ", ".join(f"{k} {fmt(cases[-1]['seconds'][k], 1)} s" for k in STAGES)
+            print(f"[bench_adaptation] {h}x{w}, {n} frames: {time.perf_counter() - t0:.0f} s "
+                  f"({stages})", file=sys.stderr, flush=True)
     add_ratios(cases)
     return {"cases": cases, "sam2_build_s": build_s, "full_grid": full_grid,
             "iss": f"{args.variant} SegFormer (random init, classifier x{CLASSIFIER_SCALE:g}), "
