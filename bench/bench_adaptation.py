@@ -68,7 +68,8 @@ def make_config(height: int, width: int, args: argparse.Namespace) -> DittaConfi
     return DittaConfig(
         model=ModelConfig(variant=args.variant, num_classes=args.num_classes,
                           embed_dim=args.embed_dim, fit_long=max(height, width),
-                          fit_short=min(height, width), device=str(args.device)),
+                          fit_short=min(height, width), device=str(args.device),
+                          precision=getattr(args, "precision", "fp32")),
         teacher=TeacherConfig(sam2_config="configs/sam2.1/sam2.1_hiera_t.yaml",
                               image_size=args.sam2_image_size,
                               max_objects=args.max_objects),
@@ -136,22 +137,24 @@ def run_adaptation_bench(sizes: Sequence[tuple[int, int]], lengths: Sequence[int
     """Every (size, length) case, the SAM2 teacher built once; the importable core."""
     start = time.perf_counter()
     teacher = build_sam2_teacher(make_config(*sizes[0], args).teacher, device,
-                                 num_classes=args.num_classes)
+                                 num_classes=args.num_classes,
+                                 precision=getattr(args, "precision", "fp32"))
     build_s = time.perf_counter() - start
     cases = []
     for h, w, n in case_list(sizes, lengths, full_grid):
         t0 = time.perf_counter()
         cases.append(run_case(h, w, n, teacher, make_config(h, w, args), device))
         if progress:
-            print(f"[bench_adaptation] {h}x{w}, {n} frames: {time.perf_counter() - t0:.0f} s",
-                  file=sys.stderr, flush=True)
+            stages = ", ".join(f"{k} {fmt(cases[-1]['seconds'][k], 1)} s" for k in STAGES)
+            print(f"[bench_adaptation] {h}x{w}, {n} frames: {time.perf_counter() - t0:.0f} s "
+                  f"({stages})", file=sys.stderr, flush=True)
     add_ratios(cases)
     return {"cases": cases, "sam2_build_s": build_s, "full_grid": full_grid,
             "iss": f"{args.variant} SegFormer (random init, classifier x{CLASSIFIER_SCALE:g}), "
                    f"{args.num_classes} classes, D = {args.embed_dim}, input = frame size",
             "sam2": f"hiera-t (sam2.1_hiera_t config, random init), image size "
                     f"{args.sam2_image_size}, at most {args.max_objects} objects",
-            "iterations": args.iterations}
+            "iterations": args.iterations, "precision": getattr(args, "precision", "fp32")}
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -160,6 +163,7 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"Command: `{result['command']}` ({result['date']})", "",
              f"ISS: {b['iss']}. SAM2: {b['sam2']} (built once, {b['sam2_build_s']:.1f} s). "
              f"Stage C: {b['iterations']} pass(es) over the warm-up (one step per frame). "
+             f"Precision {b.get('precision', 'fp32')} (model.precision: stages A, B, C). "
              "Cases: " + ("every size x every length" if b.get("full_grid", True) else
                           "every length at the first size, every size at the first length")
              + ". One run per case; x len = against the shortest warm-up at the same size, "
@@ -198,6 +202,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="cases: every size x every length (full), or every length at the "
                              "first size plus every size at the first length (cross; default "
                              "with --quick)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="model.precision (autocast of the ISS, SAM2 and stage C)")
     parser.add_argument("--iterations", type=int, default=None,
                         help="stage C passes over the warm-up (default 5 = paper; quick 1)")
     args = parser.parse_args(argv)

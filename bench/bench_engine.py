@@ -127,7 +127,8 @@ def _median(values: list[float]) -> float:
 def bench_per_frame(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     height, width = args.frame_size
     model_config = ModelConfig(variant=args.variant, num_classes=args.num_classes,
-                               embed_dim=args.embed_dim, device=str(device))
+                               embed_dim=args.embed_dim, device=str(device),
+                               precision=args.precision)
     fusion = FusionConfig()
     model = build_model(model_config, device)
     video = SyntheticVideo(height, width, num_classes=8, num_shapes=4, seed=0)
@@ -162,6 +163,7 @@ def bench_per_frame(args: argparse.Namespace, device: torch.device) -> dict[str,
         "median_s": med, "ratio_to_iss": {m: med[m] / med["iss"] for m in MODES},
         "all_s": times,
         "peak_bytes": {m: max(peaks[m]) if peaks[m] else None for m in MODES},
+        "precision": args.precision, "output_stage": stream.output_stage((height, width)),
     }
     out["components"] = bench_components(model, model_config, fusion, frames, device,
                                          max(3, args.repeats // 2))
@@ -244,7 +246,8 @@ def bench_adaptation(args: argparse.Namespace, device: torch.device) -> dict[str
     config = DittaConfig(
         model=ModelConfig(variant="tiny", num_classes=args.num_classes,
                           embed_dim=args.embed_dim, fit_long=max(height, width),
-                          fit_short=min(height, width), device=str(device)),
+                          fit_short=min(height, width), device=str(device),
+                          precision=args.precision),
         teacher=TeacherConfig(sam2_config="configs/sam2.1/sam2.1_hiera_t.yaml",
                               image_size=args.sam2_image_size),
         adaptation=AdaptationConfig(iterations=5))
@@ -255,7 +258,8 @@ def bench_adaptation(args: argparse.Namespace, device: torch.device) -> dict[str
     with torch.no_grad():
         model.iss.model.decode_head.classifier.weight.mul_(1000.0)
     start = time.perf_counter()
-    teacher = build_sam2_teacher(config.teacher, device, num_classes=args.num_classes)
+    teacher = build_sam2_teacher(config.teacher, device, num_classes=args.num_classes,
+                                 precision=args.precision)
     build_s = time.perf_counter() - start
     video = SyntheticVideo(height, width, num_classes=8, num_shapes=4, seed=1)
     frames = [video.frame(t).image for t in range(args.warmup_frames + 1)]
@@ -263,6 +267,7 @@ def bench_adaptation(args: argparse.Namespace, device: torch.device) -> dict[str
     list(run)
     s = run.summary
     return {"warmup_frames": args.warmup_frames, "frame": [height, width],
+            "precision": args.precision,
             "sam2": f"hiera-t (random init), image size {args.sam2_image_size}",
             "iss": f"tiny (random init, classifier x1000), {args.num_classes} classes",
             "iterations": config.adaptation.iterations, "num_objects": s.num_objects,
@@ -307,7 +312,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     pf = result.get("per_frame")
     if pf:
         lines += [f"Per frame: {pf['model']}; frame {pf['frame'][0]} x {pf['frame'][1]}, "
-                  f"network input {pf['input'][0]} x {pf['input'][1]}; median of "
+                  f"network input {pf['input'][0]} x {pf['input'][1]}; precision "
+                  f"{pf['precision']}; output stage {pf['output_stage']}; median of "
                   f"{pf['repeats']} interleaved repeats.", "",
                   "| mode | median s/frame | x ISS | peak memory above resident |",
                   "|---|---|---|---|"]
@@ -337,7 +343,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         fmt = {k: ("n/a" if v is None else f"{v:.2f}") for k, v in st.items()}
         lines += [f"Adaptation on {ad['warmup_frames']} warm-up frames of {ad['frame'][0]} x "
                   f"{ad['frame'][1]}: ISS {ad['iss']}; SAM2 {ad['sam2']}; "
-                  f"{ad['iterations']} passes; {ad['num_objects']} objects; {ad['reason']}.",
+                  f"{ad['iterations']} passes; {ad['num_objects']} objects; {ad['reason']}; "
+                  f"precision {ad['precision']}.",
                   "", "| stage A (ISS labels) | stage B (SAM2 teacher) | stage C (adaptation) |",
                   "|---|---|---|", f"| {fmt['A']} s | {fmt['B']} s | {fmt['C']} s |", ""]
     return "\n".join(lines)
@@ -361,6 +368,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variant", default="b0", help="MiT size of the per-frame model")
     p.add_argument("--num-classes", type=int, default=124, help="classes (VSPW: 124)")
     p.add_argument("--embed-dim", type=int, default=256, help="decoder width D")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="model.precision of the per-frame and adaptation models")
     p.add_argument("--frame-size", type=_size, default=(480, 854),
                    help="per-frame benchmark frame size HxW")
     p.add_argument("--repeats", type=int, default=None,

@@ -1,26 +1,29 @@
-"""Stage D frame-size output: the workspace implementation against the straightforward one.
+"""Stage D frame-size output: the row-tiled implementation against the straightforward one.
 
-Times ``fusion.frame_output`` (buffers kept across frames, in-place softmax and blend, argmax
-by a matrix product) and the pipeline it replaced (``to_frame_size``, softmax,
-``torch.special.entr`` reliabilities, lerp, argmax, every step into a new tensor), for the
-plain branch alone (ISS serving) and for the fused two-branch output (DiTTA streaming),
-interleaved, medians over repeats, on the same logits. First checks that both give the
-same labels, probabilities and reliability bit for bit (exit status 1 otherwise). Also
-splits the fused output into its passes.
+Times ``output_stage.frame_output`` (bands of rows, argmax by a matrix product) and the
+whole-map pipeline (``to_frame_size``, softmax, ``-sum p log p`` reliabilities, lerp,
+argmax, every step into a new tensor), for the plain branch alone (ISS serving) and for
+the fused two-branch output (DiTTA streaming), interleaved, medians over repeats, on the
+same logits. First checks that both give the same labels, probabilities and reliability
+bit for bit (exit status 1 otherwise). Also times the row-tiled output at several band
+heights (``--tile-rows``) and splits the whole-map pipeline into its passes.
 
 The logits are random at 1/4 of the network input, ~1e-3 apart like a random-init
 SegFormer's (the worst case for rounding: every label is a near tie).
 
-Usage: ``python bench/bench_fusion.py [--threads N] [--repeats N] [--frame-size HxW]``.
+Usage: ``python bench/bench_fusion.py [--threads N] [--repeats N] [--frame-size HxW]
+[--tile-rows 16,32,64]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -28,17 +31,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ditta_ros.engine.fusion import (  # noqa: E402
+from ditta_ros.engine.output_stage import (  # noqa: E402
+    OUTPUT_STAGE,
     TIE_WEIGHT,
     FrameOutput,
-    FrameWorkspace,
+    OutputBuffers,
+    band_rows,
     frame_output,
 )
 from ditta_ros.engine.preprocess import input_size, to_frame_size  # noqa: E402
 
 
 def _reliability(probs: torch.Tensor) -> torch.Tensor:
-    e = torch.special.entr(probs.float()).sum(dim=1)                 # (B, H, W)
+    p = probs.float()
+    e = -(p * torch.log(p)).masked_fill(p == 0, 0.0).sum(dim=1)      # (B, H, W)
     e_max = e.amax(dim=(1, 2), keepdim=True)
     return 1.0 - e / torch.where(e_max > 0, e_max, torch.ones_like(e_max))
 
@@ -46,7 +52,7 @@ def _reliability(probs: torch.Tensor) -> torch.Tensor:
 def straightforward(plain: torch.Tensor, addon: torch.Tensor | None,
                     input_hw: tuple[int, int], frame_hw: tuple[int, int],
                     tau: float) -> FrameOutput:
-    """The pipeline before the workspace (each step allocates its C x H x W result)."""
+    """The whole-map pipeline (each step allocates its C x H x W result)."""
     if addon is None:
         probs = torch.softmax(to_frame_size(plain.float(), input_hw, frame_hw), dim=1)
     else:
@@ -69,38 +75,31 @@ def _time(fn: Callable[[], object]) -> float:
 
 
 def parts(plain: torch.Tensor, addon: torch.Tensor, input_hw: tuple[int, int],
-          frame_hw: tuple[int, int], workspace: FrameWorkspace) -> dict[str, float]:
-    """Seconds of the passes of one fused output, into kept buffers (one measurement)."""
-    from ditta_ros.engine.fusion import (
-        _blend_,
-        _class_argmax,
-        _entropy_into,
-        _frame_logits_into,
-        _reliability_from_entropy,
-    )
-
-    probs, scratch = workspace.buffers(2, int(plain.shape[1]), input_hw, frame_hw,
-                                       plain.device)
-    e = torch.empty((2,) + frame_hw)
+          frame_hw: tuple[int, int]) -> dict[str, float]:
+    """Seconds of the passes of the whole-map fused output (one measurement)."""
+    state: dict[str, torch.Tensor] = {}
 
     def upsample() -> None:
-        for b, logits in enumerate((plain, addon)):
-            _frame_logits_into(logits.float().contiguous(), input_hw, frame_hw,
-                               probs[b:b + 1], scratch)
+        state["x"] = to_frame_size(torch.cat([plain, addon]), input_hw, frame_hw)
+
+    def softmax() -> None:
+        state["p"] = torch.softmax(state["x"], dim=1)
 
     def entropy() -> None:
-        for b in range(2):
-            _entropy_into(probs[b:b + 1], scratch, e[b:b + 1])
+        state["r"] = _reliability(state["p"])
 
     def blend() -> None:
-        r = _reliability_from_entropy(e)
-        _blend_(probs[0:1], probs[1:2], r[0:1], r[1:2], 0.8)
+        r = state["r"]
+        total = r[0] + r[1]
+        w = torch.where(total > 0, r[0] / torch.where(total > 0, total, 1.0),
+                        torch.full_like(total, TIE_WEIGHT))
+        state["f"] = state["p"][1:].lerp_(state["p"][:1], w[None, None])
 
     return {"upsample (2 steps, 2 branches)": _time(upsample),
-            "softmax (both)": _time(lambda: torch.softmax(probs, dim=1, out=probs)),
+            "softmax (both)": _time(softmax),
             "entropy (both)": _time(entropy),
             "weights + blend": _time(blend),
-            "argmax": _time(lambda: _class_argmax(probs[1:2], scratch))}
+            "argmax": _time(lambda: state["f"].argmax(dim=1))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="measured repeats per mode")
     p.add_argument("--frame-size", default="480x854", help="frame HxW")
     p.add_argument("--num-classes", type=int, default=124)
+    p.add_argument("--tile-rows", default="16,32,64", help="band heights to time")
+    p.add_argument("--previous", type=Path, default=None,
+                   help="fusion.py of an older checkout whose frame_output(..., workspace=) "
+                   "is timed too (e.g. the workspace version: git show "
+                   "61e95ce:ditta_ros/engine/fusion.py > /tmp/fusion_61e95ce.py)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     height, width = (int(v) for v in args.frame_size.lower().split("x"))
@@ -118,15 +122,28 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(0)
     plain = torch.randn(1, args.num_classes, *low_hw, generator=gen) * 1e-3
     addon = torch.randn(1, args.num_classes, *low_hw, generator=gen) * 1e-3
-    workspace = FrameWorkspace(branches=2)
+    buffers = OutputBuffers()
+    tiles = sorted({band_rows(fhw[1], int(t)) for t in args.tile_rows.split(",")})
     modes: dict[str, Callable[[], FrameOutput]] = {
         "plain, straightforward": lambda: straightforward(plain, None, input_hw, fhw, 0.8),
-        "plain, workspace": lambda: frame_output(plain, None, input_hw, fhw, 0.8,
-                                                 workspace=workspace),
         "fused, straightforward": lambda: straightforward(plain, addon, input_hw, fhw, 0.8),
-        "fused, workspace": lambda: frame_output(plain, addon, input_hw, fhw, 0.8,
-                                                 workspace=workspace),
     }
+    if args.previous is not None:
+        spec = importlib.util.spec_from_file_location("previous_fusion", args.previous)
+        assert spec is not None and spec.loader is not None
+        old = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = old             # dataclasses look their module up
+        spec.loader.exec_module(old)
+        workspace = old.FrameWorkspace(branches=2)
+        modes["plain, previous"] = partial(old.frame_output, plain, None, input_hw, fhw, 0.8,
+                                           workspace=workspace)
+        modes["fused, previous"] = partial(old.frame_output, plain, addon, input_hw, fhw, 0.8,
+                                           workspace=workspace)
+    for t in tiles:
+        modes[f"plain, rows {t}"] = partial(frame_output, plain, None, input_hw, fhw, 0.8,
+                                            buffers=buffers, tile_rows=t)
+        modes[f"fused, rows {t}"] = partial(frame_output, plain, addon, input_hw, fhw, 0.8,
+                                            buffers=buffers, tile_rows=t)
     names = list(modes)
     times: dict[str, list[float]] = {m: [] for m in names}
     load = os.getloadavg()
@@ -134,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         for branch_addon in (None, addon):                         # identical numbers
             ref = straightforward(plain, branch_addon, input_hw, fhw, 0.8)
             out = frame_output(plain, branch_addon, input_hw, fhw, 0.8, with_probs=True,
-                               with_reliability=True, workspace=workspace)
+                               with_reliability=True, buffers=buffers)
             assert ref.probs is not None and ref.reliability is not None
             same = (torch.equal(ref.labels, out.labels) and out.probs is not None
                     and torch.equal(ref.probs, out.probs) and out.reliability is not None
                     and torch.equal(ref.reliability, out.reliability))
             if not same:
-                print("MISMATCH between the workspace and the straightforward output")
+                print("MISMATCH between the row-tiled and the straightforward output")
                 return 1
             del ref, out
         for r in range(args.repeats + 1):
@@ -149,17 +166,30 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = _time(modes[m])
                 if r > 0:
                     times[m].append(seconds)
-        split = [parts(plain, addon, input_hw, fhw, workspace) for _ in range(3)]
+        split = [parts(plain, addon, input_hw, fhw) for _ in range(3)]
     med = {m: statistics.median(v) for m, v in times.items()}
     print(f"frame {fhw[0]} x {fhw[1]}, input {input_hw[0]} x {input_hw[1]}, "
           f"{args.num_classes} classes, {torch.get_num_threads()} threads, "
           f"{args.repeats} repeats; load average at start {load[0]:.1f} {load[1]:.1f}, "
           f"at end {os.getloadavg()[0]:.1f}; labels, probabilities, reliability identical")
-    print("| output | straightforward s | workspace s | speed-up |\n|---|---|---|---|")
+    print(f"output stage: {OUTPUT_STAGE}")
+    prev = args.previous is not None
+    print("| output | straightforward s | " + ("previous s | " if prev else "")
+          + " | ".join(f"rows {t} s" for t in tiles)
+          + " | best speed-up vs straightforward |" + (" vs previous |" if prev else "")
+          + "\n|---|---|" + ("---|" if prev else "") + "---|" * len(tiles) + "---|"
+          + ("---|" if prev else ""))
     for kind in ("plain", "fused"):
-        a, b = med[f"{kind}, straightforward"], med[f"{kind}, workspace"]
-        print(f"| {kind} | {a:.3f} | {b:.3f} | {a / b:.2f} x |")
-    print("fused output, passes (median s): " + ", ".join(
+        a = med[f"{kind}, straightforward"]
+        bs = [med[f"{kind}, rows {t}"] for t in tiles]
+        row = f"| {kind} | {a:.3f} | "
+        if prev:
+            row += f"{med[f'{kind}, previous']:.3f} | "
+        row += " | ".join(f"{b:.3f}" for b in bs) + f" | {a / min(bs):.2f} x |"
+        if prev:
+            row += f" {med[f'{kind}, previous'] / min(bs):.2f} x |"
+        print(row)
+    print("whole-map fused output, passes (median s): " + ", ".join(
         f"{k} {statistics.median(s[k] for s in split):.3f}" for k in split[0]))
     return 0
 

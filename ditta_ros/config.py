@@ -83,9 +83,15 @@ class ModelConfig(_Section):
         high=2**31 - 1, read_only=True)
     device: str = setting(
         "cpu", "Torch device of the ISS model and head: cpu, cuda, cuda:N.", read_only=True)
-    half: bool = setting(
-        False, "Run stage D inference in float16 (CUDA only; adaptation stays float32).",
-        read_only=True)
+    precision: str = setting(
+        "fp32", "Compute precision of the ISS network, the add-on, SAM2 (stage B) and the "
+        "stage C steps: fp32, or bf16/fp16 autocast (float32 weights, losses, reliabilities "
+        "and fusion). bf16 pays off on GPUs and on CPUs with bf16 matrix units (AMX); "
+        "fp16 is meant for GPUs.", choices=("fp32", "bf16", "fp16"), read_only=True)
+    attention_implementation: str = setting(
+        "sdpa", "SegFormer encoder attention: sdpa (torch's fused kernel, faster) or eager "
+        "(matmul-softmax-matmul, bit-identical to the paper's MiT; sdpa differs by ~1e-6 "
+        "in logits).", choices=("sdpa", "eager"), read_only=True)
 
 
 @dataclass(frozen=True)

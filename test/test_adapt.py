@@ -20,7 +20,7 @@ from ditta_ros.engine.adapt import (
     normalized_features,
     object_prototype,
 )
-from ditta_ros.engine.errors import InputError
+from ditta_ros.errors import InputError
 
 # ----------------------------------------------------------------------------- Eq. 5
 
@@ -156,9 +156,9 @@ from ditta_ros.config import AdaptationConfig, ModelConfig  # noqa: E402
 from ditta_ros.engine import preprocess  # noqa: E402
 from ditta_ros.engine.adapt import _Adaptation, _frame_targets, adapt  # noqa: E402
 from ditta_ros.engine.checkpoints import build_model  # noqa: E402
-from ditta_ros.engine.errors import AdaptationError, CancelledError, ConfigError  # noqa: E402
 from ditta_ros.engine.model import DittaModel  # noqa: E402
 from ditta_ros.engine.types import StepLosses, Targets  # noqa: E402
+from ditta_ros.errors import AdaptationError, CancelledError, ConfigError  # noqa: E402
 from ditta_ros.synthetic import SyntheticVideo  # noqa: E402
 
 H, W, C = 64, 96, 4

@@ -16,7 +16,7 @@ from fixtures_eval import (
     write_bag,
 )
 
-from ditta_ros.engine.errors import InputError
+from ditta_ros.errors import InputError
 from ditta_ros.tools import datasets
 from ditta_ros.tools.bags import IGNORE, BagSource, BagWriter, make_image, read_id_map
 

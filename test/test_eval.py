@@ -24,7 +24,7 @@ from fixtures_eval import (
 )
 
 from ditta_ros.config import DittaConfig
-from ditta_ros.engine.errors import ConfigError
+from ditta_ros.errors import ConfigError
 from ditta_ros.tools import datasets
 from ditta_ros.tools.bags import BagSource
 from ditta_ros.tools.eval import (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fixtures_eval import synthetic, write_bag, write_image_folder, write_vspw
 
-from ditta_ros.engine.errors import InputError
+from ditta_ros.errors import InputError
 from ditta_ros.tools import datasets
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ditta_ros.engine.errors import InputError
+from ditta_ros.errors import InputError
 from ditta_ros.tools.datasets import VideoRef, shard
 from ditta_ros.tools.evaluation import Scorer, select_videos, strip_indices
 from ditta_ros.tools.report import (

@@ -1,7 +1,8 @@
 """Stage D (ditta_ros.engine.fusion): the tau rule on hand-made distributions, then the cached
 streaming path against the research code's uncached (t-1, t) clip evaluation on a tiny seeded
 SegFormer (real transformers model, 64 x 96 synthetic frames), and the buffered frame-size
-path against the straightforward pipeline it replaced (kept here as the reference)."""
+path (bands of rows, ditta_ros.engine.output_stage) against the straightforward whole-map
+pipeline (kept here as the reference): every number the same, bit for bit."""
 
 from __future__ import annotations
 
@@ -22,12 +23,9 @@ from fixtures_stream import (
 
 from ditta_ros.config import FusionConfig, ModelConfig
 from ditta_ros.engine.checkpoints import build_model
-from ditta_ros.engine.errors import ConfigError, InputError
 from ditta_ros.engine.fusion import (
     TIE_WEIGHT,
-    FrameWorkspace,
     StreamPredictor,
-    _class_argmax,
     branch_reliability,
     clip_output,
     frame_output,
@@ -35,8 +33,10 @@ from ditta_ros.engine.fusion import (
     fusion_weight,
     predict_clip,
 )
-from ditta_ros.engine.preprocess import prepare, to_frame_size
+from ditta_ros.engine.output_stage import OutputBuffers, band_rows, class_argmax
+from ditta_ros.engine.preprocess import FrameRows, prepare, to_frame_size
 from ditta_ros.engine.reliability import iss_labels, reliability
+from ditta_ros.errors import ConfigError, InputError
 from ditta_ros.synthetic import SyntheticVideo
 
 FUSION = FusionConfig()
@@ -89,12 +89,12 @@ def test_fuse_mixes_by_reliability_only_where_the_plain_branch_is_unsure() -> No
     torch.testing.assert_close(out.sum(dim=1), torch.ones(1, 1, 3))
 
 
-def test_branch_reliability_is_stage_a_reliability_up_to_rounding() -> None:
+def test_branch_reliability_is_stage_a_reliability() -> None:
     gen = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(2, 7, 5, 6, generator=gen) * 4, dim=1)
     probs[0, :, 0, 0] = torch.tensor([1.0, 0, 0, 0, 0, 0, 0])       # 0 log 0 = 0
     ours = branch_reliability(probs)
-    torch.testing.assert_close(ours, reliability(probs), rtol=0, atol=1e-6)
+    assert torch.equal(ours, reliability(probs))                     # one entropy function
     assert ours[0, 0, 0] == 1.0 and ours.amin(dim=(1, 2)).eq(0).all()
     certain = torch.zeros(1, 3, 2, 2)
     certain[:, 1] = 1.0
@@ -197,22 +197,26 @@ def test_bad_input_and_settings_raise_specific_errors() -> None:
     with pytest.raises(InputError, match="shape"):
         stream.predict(np.zeros((64, 96), np.uint8))
     assert not stream.primed                     # a rejected frame changes nothing
-    with pytest.raises(ConfigError, match="half"):
-        StreamPredictor(model, tiny_config(half=True).model, FUSION, "cpu", use_addon=True)
+    with pytest.raises(ConfigError, match=r"ModelConfig\.precision = 'fp64'"):
+        tiny_config(precision="fp64")
+    with pytest.raises(ConfigError, match=r"ModelConfig\.precision = 'bf16' needs autocast"):
+        StreamPredictor(model, tiny_config(precision="bf16").model, FUSION, "meta",
+                        use_addon=True)
     frames = frames_of(make_video(seed=7), 1) + frames_of(make_video(7, 48, 80), 1)
     with pytest.raises(InputError, match="one size"):
         predict_clip(model, frames[0], frames[1], config.model, FUSION, "cpu")
 
 
 # ----------------------------------------------------------------------------- frame-size path
-# The optimised frame_output (buffers kept across frames, in-place softmax and blend, argmax
-# by a matrix product) against the straightforward pipeline it replaced, kept here as the
-# reference: every number must be the same, bit for bit.
+# frame_output (bands of rows, argmax by a matrix product) against the straightforward
+# whole-map pipeline, kept here as the reference: every number must be the same, bit for bit.
 
 
 def _reference_reliability(probs: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H, W): entropy by torch.special.entr, 1 - E / max_frame E."""
-    e = torch.special.entr(probs.float()).sum(dim=1)
+    """(B, C, H, W) -> (B, H, W): entropy -sum p log p (0 log 0 = 0) with one whole-map
+    torch.sum, 1 - E / max_frame E."""
+    p = probs.float()
+    e = -(p * torch.log(p)).masked_fill(p == 0, 0.0).sum(dim=1)
     e_max = e.amax(dim=(1, 2), keepdim=True)
     return 1.0 - e / torch.where(e_max > 0, e_max, torch.ones_like(e_max))
 
@@ -222,7 +226,7 @@ def _reference_output(plain: torch.Tensor, addon: torch.Tensor | None,
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stage D at frame size as first written: labels (H, W), probs (C, H, W), R (H, W).
 
-    Both branches as one batch through to_frame_size, softmax, entr reliabilities, the tau
+    Both branches as one batch through to_frame_size, softmax, reliabilities, the tau
     rule, lerp(P_addon, P_plain, w) (the blend the labels were defined with), argmax.
     """
     if addon is None:
@@ -259,9 +263,11 @@ SIZES = [  # (logits h x w, network input, frame): both steps, frame > input, no
 
 @pytest.mark.parametrize("near_ties", [False, True])
 @pytest.mark.parametrize("sizes", SIZES)
-def test_frame_output_matches_the_straightforward_pipeline(sizes, near_ties: bool) -> None:
+@pytest.mark.parametrize("tile_rows", [16, 32, None])
+def test_frame_output_matches_the_straightforward_pipeline(sizes, near_ties: bool,
+                                                           tile_rows: int | None) -> None:
     low_hw, input_hw, frame_hw = sizes
-    workspace = FrameWorkspace()
+    buffers = OutputBuffers()
     for seed in range(3):
         plain = _logits(2 * seed, 19, low_hw, near_ties)
         addon = _logits(2 * seed + 1, 19, low_hw, near_ties)
@@ -269,7 +275,7 @@ def test_frame_output_matches_the_straightforward_pipeline(sizes, near_ties: boo
             addon = addon.contiguous(memory_format=torch.channels_last)
         for other in (None, addon):
             out = frame_output(plain, other, input_hw, frame_hw, 0.8, with_probs=True,
-                               with_reliability=True, workspace=workspace)
+                               with_reliability=True, buffers=buffers, tile_rows=tile_rows)
             labels, probs, rel = _reference_output(plain, other, input_hw, frame_hw, 0.8)
             assert out.probs is not None and out.reliability is not None
             assert out.fused == (other is not None)
@@ -289,32 +295,59 @@ def test_class_argmax_is_torch_argmax_with_ties_and_nan() -> None:
     probs[0, :, 0, 1] = torch.tensor([0.1, 0.3, 0.0, 0.3, 0.1, 0.0, 0.2, 0.0, 0.0])  # 1 and 3
     probs[0, :, 0, 2] = torch.tensor([0.0] * 8 + [1.0])  # last class alone
     probs[0, 4, 0, 3] = float("nan")                     # torch's argmax points at the NaN
-    scratch = torch.full((9 * 6 * 7,), 7.0)              # leftovers must not matter
-    labels = _class_argmax(probs, scratch)
+    labels = class_argmax(probs)
     assert torch.equal(labels, probs.argmax(dim=1)[0])
     assert labels[0, :4].tolist() == [0, 1, 8, 4]
 
 
-def test_workspace_is_reused_and_outputs_do_not_alias_it() -> None:
+def test_buffers_are_reused_and_outputs_do_not_alias_them() -> None:
     plain, addon = _logits(0, 7, (10, 14), False), _logits(1, 7, (10, 14), False)
-    workspace = FrameWorkspace(branches=2)
+    buffers = OutputBuffers()
     first = frame_output(plain, addon, (40, 56), (37, 50), 0.8, with_probs=True,
-                         with_reliability=True, workspace=workspace)
+                         with_reliability=True, buffers=buffers)
     kept = (first.labels.clone(), first.probs.clone(), first.reliability.clone())
-    held = workspace.nbytes
-    assert held >= (2 + 1) * 7 * 37 * 50 * 4        # two branches + the scratch
+    held = buffers.nbytes
+    # two entropies + the final one, and both branches' probabilities (bands of 32 rows:
+    # 32 x 50 pixels is a whole number of 64-pixel kernel blocks)
+    assert band_rows(50) == 32
+    assert held == 3 * 37 * 50 * 4 + 2 * 2 * 7 * 32 * 50 * 4
     for _ in range(3):                               # same size: no new buffers
-        frame_output(addon, plain, (40, 56), (37, 50), 0.8, workspace=workspace)
-        frame_output(plain, None, (40, 56), (37, 50), 0.8, workspace=workspace)
-        assert workspace.nbytes == held
+        frame_output(addon, plain, (40, 56), (37, 50), 0.8, with_reliability=True,
+                     buffers=buffers)
+        frame_output(plain, None, (40, 56), (37, 50), 0.8, buffers=buffers)
+        assert buffers.nbytes == held
     assert torch.equal(first.labels, kept[0]) and torch.equal(first.probs, kept[1])
     assert torch.equal(first.reliability, kept[2])
     # a new size replaces the buffers (not added to them), results still the reference's
-    out = frame_output(plain, addon, (40, 56), (80, 112), 0.8, workspace=workspace)
-    assert workspace.nbytes == (2 + 1) * 7 * 80 * 112 * 4
+    out = frame_output(plain, addon, (40, 56), (80, 112), 0.8, buffers=buffers)
+    assert buffers.nbytes == 3 * 80 * 112 * 4 + 5 * 2 * 7 * 16 * 112 * 4
     assert torch.equal(out.labels, _reference_output(plain, addon, (40, 56), (80, 112), 0.8)[0])
-    workspace.release()
-    assert workspace.nbytes == 0
+    buffers.release()
+    assert buffers.nbytes == 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_frame_rows_are_the_whole_map_upsampling_bit_for_bit(threads: int) -> None:
+    """Bands of any height (also odd ones, not used for serving) of every geometry kind:
+    power-of-two and identity height steps (by bands), other ratios (whole-map step),
+    tiny maps (torch's small-output kernel) and 3-channel maps (another kernel at 1 thread)."""
+    torch.set_num_threads(threads)
+    geometries = [((12, 20), (48, 80), (45, 77)), ((8, 12), (32, 48), (70, 101)),
+                  ((10, 14), (40, 56), (37, 50)), ((30, 54), (120, 216), (120, 214)),
+                  ((5, 3), (20, 12), (20, 11)), ((2, 50), (8, 200), (8, 199)),
+                  ((30, 40), (120, 160), (120, 160))]
+    for low_hw, input_hw, frame_hw in geometries:
+        for classes in (3, 5):
+            x = _logits(classes, classes, low_hw, False)
+            reference = to_frame_size(x, input_hw, frame_hw)
+            rows = FrameRows(x, input_hw, frame_hw)
+            for band in (1, 7, 16, 33):
+                got = torch.cat([rows.rows(r, min(r + band, frame_hw[0]))
+                                 for r in range(0, frame_hw[0], band)], dim=2)
+                assert torch.equal(got, reference), (low_hw, input_hw, frame_hw, band)
+    x = _logits(0, 3, (10, 14), False)
+    assert FrameRows(x, (40, 56), (37, 50)).materialised == [1]       # 40 -> 37 rows
+    assert FrameRows(x, (40, 56), (40, 50)).materialised == []
 
 
 def test_one_and_two_threads_give_the_same_numbers() -> None:
@@ -339,10 +372,12 @@ def test_stream_buffers_do_not_grow_with_the_stream(sharp_model) -> None:
     config = tiny_config()
     frames = frames_of(make_video(seed=8), 5)
     stream = StreamPredictor(sharp_model, config.model, FUSION, "cpu", use_addon=True)
-    stream.predict(frames[0])
+    stream.predict(frames[0])                        # plain branch only: H x W maps
+    assert stream.buffer_bytes > 0
+    stream.predict(frames[1])                        # fused: the kept bands too
     held = stream.buffer_bytes
     assert held > 0
-    for frame in frames[1:]:
+    for frame in frames[2:]:
         stream.predict(frame)
         assert stream.buffer_bytes == held
     stream.release_buffers()
@@ -407,3 +442,13 @@ def test_b0_sized_stream_labels_equal_the_straightforward_pipeline() -> None:
         np.testing.assert_array_equal(labels, ref_labels.numpy())
         assert rel is not None
         np.testing.assert_array_equal(rel, ref_rel.numpy())
+
+
+def test_output_stage_names_how_a_frame_size_is_computed() -> None:
+    config = tiny_config()
+    fit = ModelConfig(variant="tiny", num_classes=config.model.num_classes, embed_dim=32)
+    stream = StreamPredictor(tiny_model(config), fit, FUSION, "cpu", use_addon=True)
+    assert stream.output_stage((480, 854)) == "row-tiled (eager)"       # x4 then x1 rows
+    assert stream.output_stage((480, 640)) == "row-tiled (eager)"
+    wide = stream.output_stage((720, 1280))                               # 480 -> 720 rows
+    assert wide.startswith("row-tiled (eager)") and "480->720" in wide

@@ -13,7 +13,6 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ditta_ros.engine.checkpoints import build_model
-from ditta_ros.engine.errors import CheckpointError, ConfigError
 from ditta_ros.engine.model import (
     DropPath,
     ProjectionHead,
@@ -22,6 +21,7 @@ from ditta_ros.engine.model import (
     local_attention,
     model_identity,
 )
+from ditta_ros.errors import CheckpointError, ConfigError
 
 H, W = 64, 96
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from ditta_ros.engine.errors import InputError
 from ditta_ros.engine.preprocess import (
     align_size,
     check_frame,
@@ -19,6 +18,7 @@ from ditta_ros.engine.preprocess import (
     resize_frame,
     to_frame_size,
 )
+from ditta_ros.errors import InputError
 
 
 def _frame(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -97,16 +97,24 @@ def test_normalisation_values_and_channel_order() -> None:
 
 def test_normalisation_matches_opencv_scalar_arithmetic_bit_for_bit() -> None:
     # The reference normalises a float32 image with cv2.cvtColor, cv2.subtract(mean) and
-    # cv2.multiply(1 / std) (float64 statistics as 1 x 3 arrays). Every uint8 value in
-    # every channel must give exactly OpenCV's float32 result.
+    # cv2.multiply(1 / std), its statistics float32 arrays widened to float64 (mmcv's
+    # imnormalize: 1 / np.float64(std)). Every uint8 value in every channel must give
+    # exactly OpenCV's float32 result.
     values = np.arange(256, dtype=np.uint8)
     image = np.stack(np.meshgrid(values, values[::-1], indexing="ij"), axis=-1)  # (256, 256, 2)
     image = np.concatenate([image, image[..., :1][:, ::-1]], axis=-1)            # (256, 256, 3)
     ref = image.astype(np.float32)
     cv2.cvtColor(ref, cv2.COLOR_BGR2RGB, ref)
-    cv2.subtract(ref, np.array([[123.675, 116.28, 103.53]], np.float64), ref)
-    cv2.multiply(ref, 1.0 / np.array([[58.395, 57.12, 57.375]], np.float64), ref)
+    mean = np.array([[123.675, 116.28, 103.53]], np.float32)
+    std = np.array([[58.395, 57.12, 57.375]], np.float32)
+    cv2.subtract(ref, np.float64(mean), ref)
+    cv2.multiply(ref, 1.0 / np.float64(std), ref)
     np.testing.assert_array_equal(normalize(image), ref.transpose(2, 0, 1))
+    # 1 / std from the decimal (float64) std is another number, 1 ulp off for many values:
+    # the test tells the two apart.
+    other = image.astype(np.float32)[..., ::-1] - mean[0]
+    other = (other * (1.0 / np.array([58.395, 57.12, 57.375]))).astype(np.float32)
+    assert (other.transpose(2, 0, 1) != ref.transpose(2, 0, 1)).sum() > 1000
 
 
 def test_prepare_full_pipeline_equals_manual_composition() -> None:

@@ -11,7 +11,6 @@ import torch
 
 from ditta_ros.config import ModelConfig
 from ditta_ros.engine.checkpoints import build_model
-from ditta_ros.engine.errors import CancelledError, InputError
 from ditta_ros.engine.model import DittaModel
 from ditta_ros.engine.preprocess import prepare, to_frame_size
 from ditta_ros.engine.reliability import (
@@ -20,6 +19,7 @@ from ditta_ros.engine.reliability import (
     labels_and_reliability,
     reliability,
 )
+from ditta_ros.errors import CancelledError, InputError
 from ditta_ros.synthetic import SyntheticVideo
 
 
@@ -164,3 +164,24 @@ def test_entropy_is_the_plain_p_log_p_sum_bit_for_bit() -> None:
     assert torch.equal(entropy(probs), expected)
     r = reliability(probs)
     assert torch.equal(r, 1 - expected / expected.max())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_entropy_does_not_depend_on_the_threads_or_on_bands(threads: int) -> None:
+    """Stage A must be repeatable from process to process: the class sum must not depend on
+    how torch splits the pixels among threads (it did: the first call in a fresh process
+    could differ in the last bit), and a band of rows (stage D) must give the whole map's
+    numbers."""
+    gen = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(1, 124, 72, 101, generator=gen) * 1e-2, dim=1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = -(probs * torch.log(probs)).sum(dim=1)      # torch.sum on one thread
+        torch.set_num_threads(threads)
+        whole = entropy(probs)
+        bands = torch.cat([entropy(probs[:, :, r:r + 64]) for r in (0, 64)], dim=1)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(whole, one_thread)
+    assert torch.equal(bands, one_thread)

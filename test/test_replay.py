@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fixtures_eval import LABEL_TOPIC, PERIOD_NS, T0_NS, synthetic, write_bag
 
-from ditta_ros.engine.errors import ConfigError
+from ditta_ros.errors import ConfigError
 from ditta_ros.tools.bags import BagSource
 from ditta_ros.tools.replay import bag_items, main, play, replay, schedule
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fixtures_stream import OracleTeacher, frames_of, make_video, tiny_config, tiny_model
 
-from ditta_ros.engine.fusion import predict_clip
+from ditta_ros.engine.fusion import clip_output
 from ditta_ros.engine.reliability import iss_labels
 from ditta_ros.engine.runner import run_w2f, warmup_length
 from ditta_ros.engine.types import Source, StepLosses
@@ -69,9 +69,17 @@ def test_w2f_adapts_on_the_prefix_and_streams_the_rest_primed_by_the_last_warmup
     assert all(r.source is Source.ADAPTED and r.fused for r in results)
     video = frames_of(frames.video, 8)
     for r in results:                            # frame 2's previous frame is warm-up frame 1
-        expected = predict_clip(run.model, video[r.index - 1], video[r.index], config.model,
-                                config.fusion, "cpu")
-        np.testing.assert_array_equal(r.labels, expected)
+        clip = clip_output(run.model, video[r.index - 1], video[r.index], config.model,
+                           config.fusion, "cpu", with_probs=True)
+        expected = clip.labels.numpy()
+        # Cached and pair evaluation agree up to float rounding (ALGORITHM.md, stage D; the
+        # clip runs the network on a batch of 2; this random tiny model is nearly uniform, so
+        # rounding also moves its fusion weights): labels may differ only at near ties.
+        differ = r.labels != expected
+        assert differ.mean() <= 0.001
+        assert clip.probs is not None
+        top2 = clip.probs.topk(2, dim=0).values.numpy()                    # (2, H, W)
+        assert (top2[0] - top2[1])[differ].max(initial=0.0) < 1e-3
         assert r.labels.shape == (64, 96) and r.inference_s > 0
     assert frames.reads[2:] == [1] * 6           # each evaluated frame is loaded once
     assert set(s.stage_seconds) == {"A", "B", "C", "D"} and s.evaluated == 6

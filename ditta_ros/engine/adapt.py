@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, ContextManager, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from ditta_ros.config import AdaptationConfig, ModelConfig
 from ditta_ros.engine import preprocess
-from ditta_ros.engine.errors import AdaptationError, CancelledError, ConfigError, InputError
+from ditta_ros.engine.precision import autocast
 from ditta_ros.engine.types import StepCallback, StepLosses, Targets
+from ditta_ros.errors import AdaptationError, CancelledError, ConfigError, InputError
 
 if TYPE_CHECKING:
     from ditta_ros.engine.model import DittaModel
@@ -85,7 +86,7 @@ def contrastive_weights(probs: Tensor) -> Tensor:
 def normalized_features(projected: Tensor, frame_hw: tuple[int, int]) -> Tensor:
     """(1,D,h,w) projection-head output -> (D,H,W): L2 over channels, one bilinear step to
     the frame size, L2 again (ALGORITHM.md, stage C, contrastive features)."""
-    x = F.normalize(projected, dim=1)
+    x = F.normalize(projected.float(), dim=1).contiguous()       # NCHW, as the reference
     x = F.interpolate(x, size=frame_hw, mode="bilinear", align_corners=False)
     return F.normalize(x, dim=1)[0]
 
@@ -193,8 +194,9 @@ class _Adaptation:
 
     def __init__(self, model: DittaModel, inputs: Tensor, frame_hw: tuple[int, int],
                  per_frame: list[_FrameTargets], config: AdaptationConfig,
-                 device: torch.device) -> None:
+                 device: torch.device, precision: str = "fp32") -> None:
         self.device = device
+        self.precision = precision
         self.live = copy.deepcopy(model).to(device)
         self.momentum = copy.deepcopy(model).to(device)
         self.momentum.requires_grad_(False)        # follows the live model by EMA only
@@ -217,19 +219,28 @@ class _Adaptation:
                              cpu.object_index.to(self.device))
 
     def _upsample(self, logits: Tensor) -> Tensor:
-        return preprocess.to_frame_size(logits, self.input_hw, self.frame_hw)
+        """(B, C, h, w) logits -> float32 (B, C, H, W). NCHW-contiguous first, as stage D
+        does: the add-on's logits come out channels-last, and bilinear upsampling of a
+        channels-last map is another CPU kernel with other rounding."""
+        return preprocess.to_frame_size(logits.float().contiguous(), self.input_hw,
+                                        self.frame_hw)
+
+    def _autocast(self) -> ContextManager[object]:
+        return autocast(self.device, self.precision)
 
     def step(self, t: int) -> tuple[float, float | None, float | None, float]:
         """One optimiser step on warm-up frame t; losses (before the step) as floats."""
         cfg, target = self.config, self._target(t)
         clip = self.inputs[max(t - 1, 0):t + 1].to(self.device)   # (2 or 1, 3, Hin, Win)
         self.optimizer.zero_grad(set_to_none=True)   # untouched params stay untouched
-        feats, logits = self.live.iss.forward_features(clip)   # (B,D,h,w), (B,C,h,w)
+        with self._autocast():                     # forward passes only; losses in float32
+            feats, logits = self.live.iss.forward_features(clip)   # (B,D,h,w), (B,C,h,w)
         plain = distill_loss(self._upsample(logits[-1:]), target.label,
                              cfg.ce_on_probabilities)
         addon: Tensor | None = None
         if t > 0:
-            addon_logits = self.live.addon(feats[1:], feats[:1], logits[:1])   # (1,C,h,w)
+            with self._autocast():
+                addon_logits = self.live.addon(feats[1:], feats[:1], logits[:1])  # (1,C,h,w)
             addon = distill_loss(self._upsample(addon_logits), target.label,
                                  cfg.ce_on_probabilities)
         contrast = self._contrastive(clip, feats[-1:], target) if cfg.contrastive else None
@@ -258,10 +269,14 @@ class _Adaptation:
         """
         if not target.object_ids:
             return None
-        live = normalized_features(self.live.projection(live_feats), self.frame_hw)
+        with self._autocast():
+            live_projected = self.live.projection(live_feats)
+        live = normalized_features(live_projected, self.frame_hw)
         with torch.no_grad():
-            m_feats, m_logits = self.momentum.iss.forward_features(clip)  # BN stats update
-            mom = normalized_features(self.momentum.projection(m_feats[-1:]), self.frame_hw)
+            with self._autocast():
+                m_feats, m_logits = self.momentum.iss.forward_features(clip)  # BN stats
+                m_projected = self.momentum.projection(m_feats[-1:])
+            mom = normalized_features(m_projected, self.frame_hw)
             probs = torch.softmax(self._upsample(m_logits[-1:]), dim=1)[0]   # (C, H, W)
             weights = contrastive_weights(probs)
             prototypes = torch.stack([
@@ -315,7 +330,8 @@ def adapt(model: DittaModel, frames: Sequence[np.ndarray], iss_labels: np.ndarra
         torch.manual_seed(config.seed)
         per_frame = [_frame_targets(targets.object_ids[t], labels[t])
                      for t in range(len(frames))]
-        run = _Adaptation(model, torch.from_numpy(prepared), frame_hw, per_frame, config, dev)
+        run = _Adaptation(model, torch.from_numpy(prepared), frame_hw, per_frame, config, dev,
+                          model_config.precision)
         for step, (i, t) in enumerate(_schedule(len(frames), config.iterations)):
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"adaptation cancelled after {step} of {total_steps} "

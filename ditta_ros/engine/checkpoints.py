@@ -97,7 +97,8 @@ def _seeded_head(embed_dim: int, seed: int, radius: int) -> tuple[TemporalAddon,
 def _assemble(segformer: SegformerForSemanticSegmentation, config: ModelConfig, radius: int,
               class_names: list[str] | None, head_seed: int | None) -> DittaModel:
     """ISS wrapper + a head initialised with ``head_seed`` (default: ``config.seed``)."""
-    iss = SegformerISS(segformer, dropout=config.dropout, drop_path=config.drop_path)
+    iss = SegformerISS(segformer, dropout=config.dropout, drop_path=config.drop_path,
+                       attention=config.attention_implementation)
     seed = config.seed if head_seed is None else head_seed
     addon, projection = _seeded_head(iss.embed_dim, seed, radius)
     return DittaModel(iss, addon, projection, class_names=class_names, head_seed=seed)

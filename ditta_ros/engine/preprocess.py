@@ -20,16 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ditta_ros.engine.errors import InputError
+from ditta_ros.errors import InputError
 
 # ImageNet statistics on the 0-255 scale, in RGB order (mmseg's SegFormer pipeline).
 MEAN_RGB = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 STD_RGB = np.array([58.395, 57.12, 57.375], dtype=np.float32)
-# The reference normalises with OpenCV's scalar arithmetic on a float32 image: the mean is
-# subtracted in float32, then the image is multiplied by 1/std (float64) with a float64
-# product rounded back to float32. Dividing by std, or multiplying in float32, differs in
-# the last bit for some pixels; this reproduces OpenCV's numbers exactly.
-_INV_STD_RGB = 1.0 / np.array([58.395, 57.12, 57.375], dtype=np.float64)
+# The reference normalises with OpenCV's scalar arithmetic on a float32 image, with its
+# statistics stored as float32 and widened to float64 (mmcv: np.float64 of the float32
+# arrays): the mean is subtracted (exactly float32 subtraction), then the image is
+# multiplied by 1 / float64(float32(std)) with a float64 product rounded back to float32.
+# Taking 1/std from the decimal std instead moves about 1 in 10 R and G values by 1 ulp;
+# dividing by std, or multiplying in float32, differs too.
+_INV_STD_RGB = 1.0 / STD_RGB.astype(np.float64)
 
 DEFAULT_FIT_LONG = 853
 DEFAULT_FIT_SHORT = 480
@@ -160,3 +162,95 @@ def to_frame_size(logits: Tensor, input_hw: tuple[int, int],
             out = F.interpolate(out, size=(int(hw[0]), int(hw[1])), mode="bilinear",
                                 align_corners=False)
     return out
+
+
+def _power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+# torch's CPU bilinear kernel takes another code path (other rounding) for outputs with
+# H + W <= 128 (and for 3-channel maps at one thread): a band of rows must take the path of
+# the whole map, see FrameRows.
+_SMALL_OUTPUT = 128
+
+
+class FrameRows:
+    """Bands of rows of ``to_frame_size(logits, input_hw, frame_hw)``, bit for bit, without
+    computing the whole frame: the frame-size output stage works a band at a time, so the
+    C x H x W maps never exist (stage D, :func:`~ditta_ros.engine.fusion.frame_output`).
+
+    A bilinear step (align_corners False) whose height grows by a power of two m (the
+    first step: 1/4 of the network input -> the input, m = 4) or stays the same is *row
+    separable*: output row r reads input rows floor((r + 0.5) / m - 0.5) and the next one
+    with weights that are exact binary fractions, so the same kernel applied to a slice of
+    input rows, upsampled to m times the slice's height, computes the very same numbers
+    for the rows inside it (same weights, same operations, public ``F.interpolate``). A
+    step with another height ratio is computed once for the whole map on first use and
+    sliced (:attr:`materialised` names those steps).
+
+    ``logits``: (B, C, h, w); it is made NCHW-contiguous, float32 (the layout the reference
+    pipeline upsamples: a channels-last map takes another kernel with other rounding).
+    """
+
+    def __init__(self, logits: Tensor, input_hw: tuple[int, int],
+                 frame_hw: tuple[int, int]) -> None:
+        if logits.dim() != 4:
+            raise InputError(f"FrameRows expects (B, C, h, w) logits, got shape "
+                             f"{tuple(logits.shape)}")
+        self.logits = logits.float().contiguous()
+        self.steps: list[tuple[int, int, int, int]] = []    # (in h, in w, out h, out w)
+        size = (int(logits.shape[2]), int(logits.shape[3]))
+        for hw in (input_hw, frame_hw):
+            hw = (int(hw[0]), int(hw[1]))
+            if hw != size:                                  # skipped as to_frame_size does
+                self.steps.append((size[0], size[1], hw[0], hw[1]))
+                size = hw
+        self.height, self.width = size
+        self._full: dict[int, Tensor] = {}
+
+    @property
+    def materialised(self) -> list[int]:
+        """Indices of the steps that are computed for the whole map (not row separable)."""
+        return [k for k in range(len(self.steps)) if not self._separable(k)]
+
+    def _separable(self, k: int) -> bool:
+        in_h, _, out_h, _ = self.steps[k]
+        return out_h % in_h == 0 and _power_of_two(out_h // in_h)
+
+    def rows(self, r0: int, r1: int) -> Tensor:
+        """Rows [r0, r1) of the frame-size map: (B, C, r1 - r0, W)."""
+        if not 0 <= r0 < r1 <= self.height:
+            raise InputError(f"rows [{r0}, {r1}) outside a map of height {self.height}")
+        return self._rows(len(self.steps) - 1, r0, r1)
+
+    def release(self) -> None:
+        """Drop the whole-map results of non-separable steps (at the end of a frame)."""
+        self._full.clear()
+
+    def _rows(self, k: int, r0: int, r1: int) -> Tensor:
+        if k < 0:
+            return self.logits[:, :, r0:r1]
+        in_h, _, out_h, out_w = self.steps[k]
+        if not self._separable(k):
+            full = self._full.get(k)
+            if full is None:
+                full = self._full[k] = F.interpolate(
+                    self._rows(k - 1, 0, in_h), size=(out_h, out_w), mode="bilinear",
+                    align_corners=False)
+            return full[:, :, r0:r1]
+        m = out_h // in_h
+        if m == 1 and r1 - r0 + out_w > _SMALL_OUTPUT:
+            # Same height: output row r is input row r (the kernel adds the next row with
+            # weight 0, which changes nothing for finite values), so the band is exactly
+            # the rows asked for: no slicing, no copy.
+            return F.interpolate(self._rows(k - 1, r0, r1).contiguous(), size=(r1 - r0, out_w),
+                                 mode="bilinear", align_corners=False)
+        # Input rows the band reads: from floor(source(r0)) (source = (r + 0.5) / m - 0.5,
+        # clamped at 0) to the row after floor(source(r1 - 1)).
+        a = max(((2 * r0 + 1 - m) // (2 * m)), 0)
+        b = min(max(((2 * r1 - 1 - m) // (2 * m)), 0) + 2, in_h)
+        if (b - a) * m + out_w <= _SMALL_OUTPUT < out_h + out_w:
+            a, b = 0, in_h                                  # keep the whole map's kernel
+        band = F.interpolate(self._rows(k - 1, a, b).contiguous(), size=((b - a) * m, out_w),
+                             mode="bilinear", align_corners=False)
+        return band[:, :, r0 - a * m:r1 - a * m]

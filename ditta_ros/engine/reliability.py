@@ -20,26 +20,74 @@ import torch
 from torch import Tensor
 
 from ditta_ros.config import ModelConfig
-from ditta_ros.engine.errors import CancelledError, InputError
+from ditta_ros.engine.precision import autocast
 from ditta_ros.engine.preprocess import check_frame, prepare, to_frame_size
+from ditta_ros.errors import CancelledError, InputError
 
 if TYPE_CHECKING:
     from ditta_ros.engine.model import DittaModel
 
 
+# Pixels per class sum (see _class_sum_into): a multiple of 64 pixels, and at most torch's
+# grain size (32768 elements) so that torch.sum runs on one thread.
+_GRAIN = 32768
+_BLOCK = 64
+
+
 def entropy(probs: Tensor) -> Tensor:
     """(B, C, H, W) probabilities -> (B, H, W) float32 entropy -sum_c p log p.
 
-    Computed as the reference does, p * log(p) with torch.log, then summed over classes:
-    torch.special.xlogy differs from it in the last bit for some pixels, and reliabilities
-    feed exact comparisons (threshold, peak pixel). Deliberate deviation: 0 log 0 is taken
-    as 0 (its limit) where the reference gets NaN (a float32 softmax underflowing to 0).
-    """
+    The one entropy of stages A and D (:func:`entropy_into`)."""
     if probs.dim() != 4:
         raise InputError(f"expected (B, C, H, W) probabilities, got shape {tuple(probs.shape)}")
-    p = probs.float()
-    plogp = (p * torch.log(p)).masked_fill(p == 0, 0.0)     # (B, C, H, W)
-    return -plogp.sum(dim=1)                                # (B, H, W)
+    out = torch.empty((probs.shape[0],) + tuple(probs.shape[2:]), dtype=torch.float32,
+                      device=probs.device)
+    return entropy_into(probs.float(), out)
+
+
+def entropy_into(probs: Tensor, out: Tensor) -> Tensor:
+    """(B, C, h, W) float32 probabilities -> ``out`` (B, h, W) float32, -sum_c p log p.
+
+    Computed as the reference does, p * log(p) with torch.log, then summed over classes:
+    torch.special.xlogy or entr differ from it in the last bit for some pixels, and
+    reliabilities feed exact comparisons (threshold, peak pixel, the fusion weight).
+    Deliberate deviation: 0 log 0 is taken as 0 (its limit) where the reference gets NaN
+    (a float32 softmax underflowing to 0). The class sum runs in pieces that make the
+    result independent of the number of threads (:func:`_class_sum_into`), so the same
+    probabilities give the same entropy in every process, and a band of rows gives the
+    numbers of the whole map.
+    """
+    plogp = torch.log(probs).mul_(probs).masked_fill_(probs == 0, 0.0)   # (B, C, h, W)
+    _class_sum_into(plogp, out)
+    return out.neg_()
+
+
+def _class_sum_into(terms: Tensor, out: Tensor) -> None:
+    """out (B, h, W) = terms (B, C, h, W) summed over C, as torch.sum(dim=1) on one thread.
+
+    torch.sum over a middle dimension, with more than one thread, splits the pixels among
+    threads at 32-float boundaries while its vectorised kernel adds 4 vectors of pixels at
+    a time (64 floats on AVX-512) and finishes a range with single vectors, whose additions
+    are grouped differently: where a split falls, and how many threads join, changes the
+    last bit of some pixels' sums (the first call in a fresh process differed from later
+    ones). Summing pieces of at most 32768 elements (torch then stays on one thread), each
+    a multiple of 64 pixels, gives every pixel the same operations whatever the threads.
+    """
+    batch, classes = int(terms.shape[0]), int(terms.shape[1])
+    flat = terms.reshape(batch, classes, -1)                      # (B, C, n)
+    flat_out = out.view(batch, -1)                                # (B, n)
+    n = int(flat.shape[2])
+    step = max(_GRAIN // max(classes * batch, 1) // _BLOCK, 1) * _BLOCK
+    for start in range(0, n, step):
+        torch.sum(flat[:, :, start:start + step], dim=1, out=flat_out[:, start:start + step])
+
+
+def reliability_from_entropy(e: Tensor) -> Tensor:
+    """(B, H, W) entropy -> R = 1 - E / max_frame(E); an all-certain frame gives R = 1
+    (where the whole frame has zero entropy, divide by 1: E / 1 = 0)."""
+    e_max = e.amax(dim=(1, 2), keepdim=True)                   # (B, 1, 1)
+    safe_max = torch.where(e_max > 0, e_max, torch.ones_like(e_max))
+    return 1.0 - e / safe_max
 
 
 def reliability(probs: Tensor) -> Tensor:
@@ -48,11 +96,7 @@ def reliability(probs: Tensor) -> Tensor:
     The maximum is taken per frame (per batch element). A frame whose entropy is 0
     everywhere (every pixel certain) has R = 1 everywhere instead of 0/0.
     """
-    e = entropy(probs)                                      # (B, H, W)
-    e_max = e.amax(dim=(1, 2), keepdim=True)                # (B, 1, 1)
-    # Where the whole frame has zero entropy, divide by 1: E / 1 = 0, so R = 1.
-    safe_max = torch.where(e_max > 0, e_max, torch.ones_like(e_max))
-    return 1.0 - e / safe_max
+    return reliability_from_entropy(entropy(probs))
 
 
 def labels_and_reliability(probs: Tensor) -> tuple[Tensor, Tensor]:
@@ -100,9 +144,10 @@ def iss_labels(model: DittaModel, frames: Sequence[np.ndarray], model_config: Mo
                 x = torch.from_numpy(prepare(frame, model_config.fit_long,
                                              model_config.fit_short))
                 x = x.unsqueeze(0).to(device)                       # (1, 3, Hin, Win)
-                _, logits = model.iss.forward_features(x)           # (1, C, Hin/4, Win/4)
+                with autocast(device, model_config.precision):   # network only
+                    logits = model.iss.forward_features(x).logits   # (1, C, Hin/4, Win/4)
                 logits = to_frame_size(logits.float(), (x.shape[2], x.shape[3]),
-                                       (height, width))             # (1, C, H, W)
+                                       (height, width))             # (1, C, H, W) float32
                 probs = torch.softmax(logits, dim=1)
                 y, r = labels_and_reliability(probs)                # (1, H, W) each
                 labels[t] = y[0].cpu().numpy()

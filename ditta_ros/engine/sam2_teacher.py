@@ -41,6 +41,7 @@ import torch
 from PIL import Image
 
 from ditta_ros.config import TeacherConfig
+from ditta_ros.engine.precision import sam2_autocast_dtype
 from ditta_ros.engine.teacher import PropagationTeacher
 from ditta_ros.engine.types import ObjectMasks
 from ditta_ros.errors import AdaptationError, CheckpointError, ConfigError, InputError
@@ -155,18 +156,22 @@ class SAM2Clip:
 class SAM2Propagator:
     """:class:`~ditta_ros.engine.types.MaskPropagator` on a ``SAM2VideoPredictor``.
 
-    Runs under ``torch.inference_mode``; bfloat16 autocast on CUDA, float32 elsewhere.
+    Runs under ``torch.inference_mode``; bfloat16 autocast on CUDA, float32 elsewhere, unless
+    ``precision`` (ModelConfig.precision) asks for bf16 or fp16 autocast.
     Point prompts are (col, row) in original-frame pixels, label 1, with SAM2's coordinate
     normalisation (no +0.5). Masks are SAM2's logits at frame size, thresholded at > 0.
     """
 
-    def __init__(self, predictor: Any, device: torch.device | str | None = None) -> None:
+    def __init__(self, predictor: Any, device: torch.device | str | None = None,
+                 precision: str = "fp32") -> None:
         model_device = torch.device(predictor.device)
         if device is not None and not _same_device(torch.device(device), model_device):
             raise ConfigError(f"the SAM2 predictor lives on {model_device} but the teacher "
                               f"was asked to run on {device}; build it on that device")
         self.predictor = predictor
         self.device = model_device
+        # ModelConfig.precision: bf16 on CUDA at fp32 (the paper), else its own dtype.
+        self._autocast_dtype = sam2_autocast_dtype(precision, model_device)
         _silence_progress_bars()
 
     # -- MaskPropagator ------------------------------------------------------------------
@@ -226,8 +231,8 @@ class SAM2Propagator:
     def _context(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
-            if self.device.type == "cuda":
-                stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+            if self._autocast_dtype is not None:
+                stack.enter_context(torch.autocast(self.device.type, dtype=self._autocast_dtype))
             yield
 
 
@@ -240,18 +245,20 @@ class SAM2Teacher(PropagationTeacher):
 
     def __init__(self, predictor: object, config: TeacherConfig,
                  device: torch.device | str | None = None,
-                 num_classes: int | None = None) -> None:
-        super().__init__(SAM2Propagator(predictor, device), config, num_classes)
+                 num_classes: int | None = None, precision: str = "fp32") -> None:
+        super().__init__(SAM2Propagator(predictor, device, precision), config, num_classes)
 
 
 def build_sam2_teacher(config: TeacherConfig, device: torch.device | str | None = None,
-                       num_classes: int | None = None) -> SAM2Teacher:
+                       num_classes: int | None = None,
+                       precision: str = "fp32") -> SAM2Teacher:
     """SAM2 teacher from ``config``: local checkpoint, or seeded random weights when
     ``config.sam2_checkpoint`` is empty. Never downloads; raises CheckpointError naming the
-    path and the fix. ``config.device`` wins over ``device`` when set."""
+    path and the fix. ``config.device`` wins over ``device`` when set. ``precision``:
+    ModelConfig.precision (SAM2's autocast, see :mod:`ditta_ros.engine.precision`)."""
     where = teacher_device(config, device)
     predictor = build_sam2_predictor(config, where)
-    return SAM2Teacher(predictor, config, where, num_classes)
+    return SAM2Teacher(predictor, config, where, num_classes, precision)
 
 
 def _to_masks(ids: Sequence[int], logits: torch.Tensor) -> ObjectMasks:

@@ -97,7 +97,8 @@ def default_session_factory(config: DittaConfig, on_status: StatusCallback) -> L
         raise named("model.checkpoint", config.model.checkpoint, err) from err
     try:
         teacher = build_sam2_teacher(config.teacher, config.model.device,
-                                     num_classes=model.num_classes)
+                                     num_classes=model.num_classes,
+                                     precision=config.model.precision)
     except DittaError as err:
         raise named("teacher.sam2_checkpoint (with teacher.sam2_config "
                      f"{config.teacher.sam2_config!r})", config.teacher.sam2_checkpoint,

@@ -17,7 +17,7 @@ than an earlier record's. A message that cannot be deserialised is kept as a bad
 :mod:`ditta_ros.tools.bagscan`, which checks every frame), never fatal.
 
 Every problem with the bag itself (missing file or topic, wrong message type, unmatched
-stamps, a truncated file) raises :class:`~ditta_ros.engine.errors.InputError` saying what and
+stamps, a truncated file) raises :class:`~ditta_ros.errors.InputError` saying what and
 how to fix.
 """
 
@@ -35,7 +35,7 @@ from rosbags.rosbag2 import Reader, ReaderError
 from rosbags.rosbag2.storage_mcap import McapReader
 
 from ditta_ros.engine import metrics
-from ditta_ros.engine.errors import InputError
+from ditta_ros.errors import InputError
 from ditta_ros.ros import image as ros_image  # pure conversions; imports no rclpy
 from ditta_ros.tools.bagwrite import (  # noqa: F401 - the writing half, re-exported
     COMPRESSED_TYPE,

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ditta_ros.engine.errors import InputError
 from ditta_ros.engine.preprocess import check_frame
+from ditta_ros.errors import InputError
 from ditta_ros.ros.worker import reason_kind  # pure Python; the node's grouping of reasons
 from ditta_ros.tools.bags import COMPRESSED_TYPE, BagSource, bag_name
 

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ditta_ros.engine.checkpoints import convert_mmseg_checkpoint
-from ditta_ros.engine.errors import DittaError
+from ditta_ros.errors import DittaError
 
 
 def _heads(text: str) -> tuple[int, ...]:

@@ -20,8 +20,8 @@ from typing import Any, Callable, Mapping, Sequence
 import cv2
 import numpy as np
 
-from ditta_ros.engine.errors import InputError
 from ditta_ros.engine.metrics import vspw_ground_truth
+from ditta_ros.errors import InputError
 from ditta_ros.tools.bags import ORDERS, BagSource, bag_name, bare_mcap
 from ditta_ros.tools.bagscan import BagScan, Segment, scan_bag, split_segments
 from ditta_ros.tools.lazy import LazySequence

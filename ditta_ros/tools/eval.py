@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from ditta_ros.config import DittaConfig
-from ditta_ros.engine.errors import ConfigError, DittaError, InputError
+from ditta_ros.errors import ConfigError, DittaError, InputError
 from ditta_ros.labels import load_classes
 from ditta_ros.tools import datasets
 from ditta_ros.tools.evaluation import (  # noqa: F401

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from ditta_ros.config import DittaConfig
-from ditta_ros.engine.errors import ConfigError, InputError
+from ditta_ros.errors import ConfigError, InputError
 from ditta_ros.labels import ClassSet, colorize
 from ditta_ros.tools import datasets
 from ditta_ros.tools.bags import BagWriter, label_encoding, make_image

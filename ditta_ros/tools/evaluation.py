@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ditta_ros.config import DittaConfig
-from ditta_ros.engine.errors import ConfigError, InputError
+from ditta_ros.errors import ConfigError, InputError
 from ditta_ros.labels import ClassSet, load_classes
 from ditta_ros.tools import datasets
 from ditta_ros.tools.evalframes import (  # noqa: F401 - Scorer, strip_indices: public here too
@@ -116,7 +116,8 @@ def build_models(config: DittaConfig, methods: Sequence[str], warn: Callable[[st
                  f"seed {config.teacher.seed}); its masks mean nothing (tests and smoke runs "
                  "only)")
         teacher = build_sam2_teacher(config.teacher, config.model.device,
-                                     num_classes=model.num_classes)
+                                     num_classes=model.num_classes,
+                                     precision=config.model.precision)
     return Models(model, teacher)
 
 

@@ -24,8 +24,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ditta_ros.config import DittaConfig
-from ditta_ros.engine.errors import InputError
 from ditta_ros.engine.runner import warmup_length
+from ditta_ros.errors import InputError
 from ditta_ros.labels import load_classes
 from ditta_ros.tools.bags import COMPRESSED_TYPE, BagSource, labels_from_image, read_id_map
 from ditta_ros.tools.bagscan import scan_bag

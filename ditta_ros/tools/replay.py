@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Sequence
 
-from ditta_ros.engine.errors import ConfigError, DittaError, InputError
+from ditta_ros.errors import ConfigError, DittaError, InputError
 from ditta_ros.tools.bags import COMPRESSED_TYPE, IMAGE_TYPE, BagSource
 
 PublishFn = Callable[[str, bytes, int], None]   # (topic, serialised message, index)

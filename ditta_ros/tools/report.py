@@ -17,8 +17,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ditta_ros.engine.errors import InputError
 from ditta_ros.engine.metrics import ConfusionMatrix, VideoConsistency
+from ditta_ros.errors import InputError
 
 METHODS = ("iss", "ditta", "sam2-refine")
 METHOD_TITLES = {"iss": "ISS frame by frame", "ditta": "DiTTA",

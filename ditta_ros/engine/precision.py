@@ -1,0 +1,64 @@
+"""Compute precision (``ModelConfig.precision``): which parts run under autocast, and how.
+
+fp32 runs everything in float32. bf16 and fp16 run the ISS network, the temporal add-on,
+SAM2 (stage B) and the stage C forward passes under ``torch.autocast`` with that dtype;
+weights stay float32 (the optimiser updates float32 master weights) and everything that
+decides something is taken in float32 from float32 copies of the logits: the losses and
+their reductions, stage A's labels and reliabilities, stage D's upsampling, softmax,
+reliabilities and fusion.
+
+SAM2 on CUDA runs under bfloat16 autocast also at fp32, as the paper's code does
+(ALGORITHM.md, stage B); fp16 gives it float16 there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+from ditta_ros.errors import ConfigError
+
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
+}
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision setting; None for fp32."""
+    if precision not in AUTOCAST_DTYPES:
+        raise ConfigError(f"ModelConfig.precision = {precision!r} is not one of "
+                          f"{sorted(AUTOCAST_DTYPES)}")
+    return AUTOCAST_DTYPES[precision]
+
+
+def check_precision(precision: str, device: torch.device | str) -> None:
+    """ConfigError naming the setting when ``device`` cannot run ``precision``."""
+    dtype = autocast_dtype(precision)
+    dev = torch.device(device)
+    if dtype is None:
+        return
+    if not torch.amp.is_autocast_available(dev.type):
+        raise ConfigError(f"ModelConfig.precision = {precision!r} needs autocast, which torch "
+                          f"does not offer on {dev.type}; set precision to fp32")
+    if dtype is torch.bfloat16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"ModelConfig.precision = 'bf16': the GPU {dev} has no bfloat16 "
+                          "support; set precision to fp16 or fp32")
+
+
+def autocast(device: torch.device | str, precision: str) -> ContextManager[object]:
+    """Autocast for the network parts at ``precision`` (a no-op at fp32)."""
+    dtype = autocast_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def sam2_autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """SAM2's autocast dtype: bfloat16 on CUDA at fp32 (the paper's setting), else the
+    precision's own dtype."""
+    dtype = autocast_dtype(precision)
+    if dtype is None and torch.device(device).type == "cuda":
+        return torch.bfloat16
+    return dtype
