@@ -9,13 +9,15 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ditta_ros.config import AdaptationConfig, DittaConfig, ModelConfig
+from ditta_ros.engine import preprocess
 from ditta_ros.engine.checkpoints import build_model
 from ditta_ros.engine.model import DittaModel
 from ditta_ros.engine.types import Targets
 from ditta_ros.errors import CancelledError
-from ditta_ros.synthetic import SyntheticVideo
+from ditta_ros.synthetic import SyntheticFrame, SyntheticVideo
 
 HEIGHT, WIDTH = 64, 96
 NUM_CLASSES = 4
@@ -33,6 +35,29 @@ def tiny_config(warmup_frames: int = 3, iterations: int = 1, **model: object) ->
 
 def tiny_model(config: DittaConfig) -> DittaModel:
     return build_model(config.model, "cpu")
+
+
+def pretrain_iss(model: DittaModel, frames: Sequence[SyntheticFrame], steps: int = 100
+                 ) -> DittaModel:
+    """Train ``model``'s ISS network for ``steps`` seeded Adam steps (lr 2e-3, batches of 4)
+    on ``frames`` with their ground truth, so the learning tests start from a model that
+    labels the scene roughly right; returns it in eval mode."""
+    height, width = frames[0].labels.shape
+    x = torch.from_numpy(np.stack([preprocess.prepare(f.image, width, height) for f in frames]))
+    y = torch.from_numpy(np.stack([f.labels for f in frames]))
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(0)
+        model.train()
+        optimizer = torch.optim.Adam(model.iss.parameters(), lr=2e-3)
+        for _ in range(steps):
+            batch = torch.randint(0, len(frames), (4,))
+            _, logits = model.iss.forward_features(x[batch])          # (4, C, h, w)
+            size = (height, width)
+            loss = F.cross_entropy(preprocess.to_frame_size(logits, size, size), y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return model.eval()
 
 
 def sharpen(model: DittaModel, logit_scale: float = 1000.0, qk_scale: float = 30.0

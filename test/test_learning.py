@@ -18,10 +18,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from fixtures_stream import pretrain_iss
 
 from ditta_ros.config import AdaptationConfig, FusionConfig, ModelConfig, TeacherConfig
-from ditta_ros.engine import preprocess
 from ditta_ros.engine.adapt import adapt, distillation_labels
 from ditta_ros.engine.checkpoints import build_model
 from ditta_ros.engine.fusion import StreamPredictor
@@ -53,21 +52,7 @@ def _one_thread() -> Iterator[None]:
 def _pretrained_iss(scene: SyntheticVideo) -> DittaModel:
     """A tiny ISS model trained for 100 seeded Adam steps on 8 evenly lit frames."""
     model = build_model(MODEL_CONFIG, "cpu", window_radius=FUSION_CONFIG.window_radius)
-    frames = [scene.frame(t) for t in range(200, 240, 5)]
-    x = torch.from_numpy(np.stack([preprocess.prepare(f.image, W, H) for f in frames]))
-    y = torch.from_numpy(np.stack([f.labels for f in frames]))
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(0)
-        model.train()
-        optimizer = torch.optim.Adam(model.iss.parameters(), lr=2e-3)
-        for _ in range(100):
-            batch = torch.randint(0, len(frames), (4,))
-            _, logits = model.iss.forward_features(x[batch])          # (4, C, h, w)
-            loss = F.cross_entropy(preprocess.to_frame_size(logits, (H, W), (H, W)), y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return model.eval()
+    return pretrain_iss(model, [scene.frame(t) for t in range(200, 240, 5)])
 
 
 def _unevenly_lit(frames: np.ndarray) -> np.ndarray:

@@ -24,11 +24,9 @@ from typing import Iterator
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from fixtures_stream import OracleTeacher, sharpen, tiny_config, tiny_model
+from fixtures_stream import OracleTeacher, pretrain_iss, sharpen, tiny_config, tiny_model
 
 from ditta_ros.config import DittaConfig
-from ditta_ros.engine import preprocess
 from ditta_ros.engine.checkpoints import load_adaptation
 from ditta_ros.engine.fusion import StreamPredictor
 from ditta_ros.engine.metrics import ConfusionMatrix
@@ -60,24 +58,10 @@ def _config(policy: str, warmup: int = WARMUP, iterations: int = 3) -> DittaConf
 
 
 def _pretrained_iss(scenes: tuple[SyntheticVideo, ...], config: DittaConfig) -> DittaModel:
-    """100 seeded Adam steps on evenly lit frames of every scene, taken late in their
-    timelines (the stream shows their beginnings)."""
-    model = tiny_model(config)
-    items = [s.frame(t) for s in scenes for t in range(300, 340, 5)]
-    x = torch.from_numpy(np.stack([preprocess.prepare(f.image, W, H) for f in items]))
-    y = torch.from_numpy(np.stack([f.labels for f in items]))
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(0)
-        model.train()
-        optimizer = torch.optim.Adam(model.iss.parameters(), lr=2e-3)
-        for _ in range(100):
-            batch = torch.randint(0, len(items), (4,))
-            _, logits = model.iss.forward_features(x[batch])          # (4, C, h, w)
-            loss = F.cross_entropy(preprocess.to_frame_size(logits, (H, W), (H, W)), y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return model.eval()
+    """Evenly lit frames of every scene, taken late in their timelines (the stream shows
+    their beginnings)."""
+    return pretrain_iss(tiny_model(config), [s.frame(t) for s in scenes
+                                             for t in range(300, 340, 5)])
 
 
 @dataclass
