@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import rclpy
@@ -76,6 +76,7 @@ from ditta_ros.ros.parameters import (
     spec_by_name,
 )
 from ditta_ros.ros.process import StopRequest, run
+from ditta_ros.ros.services import SERVICES, Action, serve
 from ditta_ros.ros.stream_health import StreamHealth
 from ditta_ros.ros.worker import LatestSlot, Worker
 
@@ -417,31 +418,16 @@ class DittaNode(LifecycleNode):
 
     # ------------------------------------------------------------------ services
 
-    def _serve(self, action: Callable[[DittaNode, StreamSession], str],
-               request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+    def _serve(self, action: Action, request: Trigger.Request,
+               response: Trigger.Response) -> Trigger.Response:
         with self._lock:
             session = self._session
-        if session is None:
-            response.success = False
-            response.message = (f"node is {self._lifecycle}: configure it first "
-                                "(lifecycle transition 'configure')")
-            return response
-        try:
-            response.message = action(self, session)
-            response.success = True
-        except DittaError as err:
-            response.success, response.message = False, str(err)
-        self.get_logger().info(f"service: {response.message}")
-        self.publish_status()
+        response.success, response.message = serve(
+            action, session, self._lifecycle, str(self.get_parameter("adaptation_file").value))
+        if session is not None:
+            self.get_logger().info(f"service: {response.message}")
+            self.publish_status()
         return response
-
-    def adaptation_path(self) -> str:
-        path = str(self.get_parameter("adaptation_file").value)
-        if not path:
-            raise ConfigError("parameter 'adaptation_file' is empty: set it to the file to "
-                              "write or read, e.g. ros2 param set <node> adaptation_file "
-                              "/tmp/ditta_adaptation.pt")
-        return path
 
     # ------------------------------------------------------------------ parameters
 
@@ -469,33 +455,6 @@ class DittaNode(LifecycleNode):
             self._restart_timers(node_cfg)
         names = ", ".join(p.name for p in params)
         self.get_logger().info(f"parameters applied: {names}")
-
-
-def _adapt(node: DittaNode, session: StreamSession) -> str:
-    session.request_adaptation()
-    return "adaptation requested: collecting a new warm-up"
-
-
-def _reset(node: DittaNode, session: StreamSession) -> str:
-    session.reset()
-    return "reset: serving the base model, warm-up restarted"
-
-
-def _save(node: DittaNode, session: StreamSession) -> str:
-    path = node.adaptation_path()
-    session.save_adaptation(path)
-    return f"adaptation saved to {path}"
-
-
-def _load(node: DittaNode, session: StreamSession) -> str:
-    path = node.adaptation_path()
-    session.load_adaptation(path)
-    return f"adaptation loaded from {path}"
-
-
-# ~/<name> (std_srvs/Trigger) -> what it does with the session; the reply's message
-SERVICES: dict[str, Callable[[DittaNode, StreamSession], str]] = {
-    "adapt": _adapt, "reset": _reset, "save_adaptation": _save, "load_adaptation": _load}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
