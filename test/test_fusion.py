@@ -20,6 +20,7 @@ from fixtures_stream import (
     tiny_config,
     tiny_model,
 )
+from torch.profiler import ProfilerActivity, profile
 
 from ditta_ros.config import FusionConfig, ModelConfig
 from ditta_ros.engine.checkpoints import build_model
@@ -36,6 +37,7 @@ from ditta_ros.engine.fusion import (
 from ditta_ros.engine.output_stage import OutputBuffers, band_rows, class_argmax
 from ditta_ros.engine.preprocess import FrameRows, prepare, to_frame_size
 from ditta_ros.engine.reliability import iss_labels, reliability
+from ditta_ros.engine.scratch import Scratch
 from ditta_ros.errors import ConfigError, InputError
 from ditta_ros.synthetic import SyntheticVideo
 
@@ -306,11 +308,13 @@ def test_buffers_are_reused_and_outputs_do_not_alias_them() -> None:
     first = frame_output(plain, addon, (40, 56), (37, 50), 0.8, with_probs=True,
                          with_reliability=True, buffers=buffers)
     kept = (first.labels.clone(), first.probs.clone(), first.reliability.clone())
-    held = buffers.nbytes
+    frame_output(plain, None, (40, 56), (37, 50), 0.8, buffers=buffers)  # the plain walk's
+    held = buffers.nbytes                                                # band buffer too
     # two entropies + the final one, and both branches' probabilities (bands of 32 rows:
     # 32 x 50 pixels is a whole number of 64-pixel kernel blocks)
     assert band_rows(50) == 32
-    assert held == 3 * 37 * 50 * 4 + 2 * 2 * 7 * 32 * 50 * 4
+    assert 0 < buffers.scratch.nbytes
+    assert held == 3 * 37 * 50 * 4 + 2 * 7 * 37 * 50 * 4 + buffers.scratch.nbytes
     for _ in range(3):                               # same size: no new buffers
         frame_output(addon, plain, (40, 56), (37, 50), 0.8, with_reliability=True,
                      buffers=buffers)
@@ -320,10 +324,31 @@ def test_buffers_are_reused_and_outputs_do_not_alias_them() -> None:
     assert torch.equal(first.reliability, kept[2])
     # a new size replaces the buffers (not added to them), results still the reference's
     out = frame_output(plain, addon, (40, 56), (80, 112), 0.8, buffers=buffers)
-    assert buffers.nbytes == 3 * 80 * 112 * 4 + 5 * 2 * 7 * 16 * 112 * 4
+    assert buffers.nbytes == 3 * 80 * 112 * 4 + 2 * 7 * 80 * 112 * 4 + buffers.scratch.nbytes
     assert torch.equal(out.labels, _reference_output(plain, addon, (40, 56), (80, 112), 0.8)[0])
     buffers.release()
     assert buffers.nbytes == 0
+
+
+@pytest.mark.parametrize("addon", [False, True])
+def test_a_steady_stream_allocates_no_band_of_classes(addon: bool) -> None:
+    """After a stream's first frame the band loops compute in kept buffers: the new
+    tensors of a frame are its results and H x W maps, never a C x rows x W band (each
+    such allocation maps fresh pages: it cost as much as the arithmetic, BENCHMARKS.md)."""
+    plain, other = _logits(0, 19, (16, 24), False), _logits(1, 19, (16, 24), False)
+    other_or_none = other if addon else None
+    buffers = OutputBuffers()
+    frame_output(plain, other_or_none, (64, 96), (64, 90), 0.8, with_reliability=True,
+                 buffers=buffers)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = frame_output(plain, other_or_none, (64, 96), (64, 90), 0.8,
+                           with_reliability=True, buffers=buffers)
+    allocations = [e.cpu_memory_usage for e in prof.events() if e.name == "aten::empty"]
+    band = 19 * band_rows(90) * 90 * 4                     # one branch, one band: 219 kB
+    results = out.labels.numel() * out.labels.element_size()     # H x W int64: 46 kB
+    assert allocations and max(allocations) <= results < band
+    assert torch.equal(out.labels, _reference_output(plain, other_or_none, (64, 96), (64, 90),
+                                                     0.8)[0])
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -340,11 +365,12 @@ def test_frame_rows_are_the_whole_map_upsampling_bit_for_bit(threads: int) -> No
         for classes in (3, 5):
             x = _logits(classes, classes, low_hw, False)
             reference = to_frame_size(x, input_hw, frame_hw)
-            rows = FrameRows(x, input_hw, frame_hw)
-            for band in (1, 7, 16, 33):
-                got = torch.cat([rows.rows(r, min(r + band, frame_hw[0]))
-                                 for r in range(0, frame_hw[0], band)], dim=2)
-                assert torch.equal(got, reference), (low_hw, input_hw, frame_hw, band)
+            for scratch in (None, Scratch()):       # new tensors / kept buffers (.out ops)
+                rows = FrameRows(x, input_hw, frame_hw, scratch)
+                for band in (1, 7, 16, 33):
+                    got = torch.cat([rows.rows(r, min(r + band, frame_hw[0])).clone()
+                                     for r in range(0, frame_hw[0], band)], dim=2)
+                    assert torch.equal(got, reference), (low_hw, input_hw, frame_hw, band)
     x = _logits(0, 3, (10, 14), False)
     assert FrameRows(x, (40, 56), (37, 50)).materialised == [1]       # 40 -> 37 rows
     assert FrameRows(x, (40, 56), (40, 50)).materialised == []
@@ -382,7 +408,9 @@ def test_stream_buffers_do_not_grow_with_the_stream(sharp_model) -> None:
         assert stream.buffer_bytes == held
     stream.release_buffers()
     assert stream.buffer_bytes == 0
+    stream.reset()
     labels, _ = stream.predict(frames[0])            # allocated again on demand
+    stream.predict(frames[1])
     assert stream.buffer_bytes == held and labels.shape == frames[0].shape[:2]
 
 

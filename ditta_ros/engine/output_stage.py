@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ditta_ros.engine.preprocess import FrameRows
 from ditta_ros.engine.reliability import entropy_into, reliability_from_entropy
+from ditta_ros.engine.scratch import Scratch
 from ditta_ros.errors import InputError
 
 # Weight of the plain branch where both reliabilities are 0 (R0 + R1 = 0, i.e. both
@@ -69,7 +70,7 @@ def fusion_weight(r_plain: Tensor, r_addon: Tensor, tau: float) -> Tensor:
     return torch.where(r_plain < tau, w, torch.ones_like(w))
 
 
-def class_argmax(probs: Tensor) -> Tensor:
+def class_argmax(probs: Tensor, scratch: Scratch | None = None) -> Tensor:
     """(1, C, h, W) -> (h, W) int64 argmax over classes, ties -> lowest class, exactly as
     ``probs.argmax(dim=1)[0]``.
 
@@ -79,16 +80,24 @@ def class_argmax(probs: Tensor) -> Tensor:
     count: where exactly one class reaches the maximum (integers below 2^24, one non-zero
     term: exact) that sum is the label. Pixels with a tie or a NaN (count != 1) are re-done
     by torch's argmax. Finding those pixels needs the host, so other devices use torch's
-    argmax (fast there).
+    argmax (fast there). With a ``scratch`` the marks live in its buffers.
     """
     if probs.device.type != "cpu":
         return probs.argmax(dim=1)[0]
     classes = int(probs.shape[1])
     flat = probs.reshape(classes, -1)                               # (C, h W)
-    hits = torch.eq(flat, flat.amax(dim=0, keepdim=True)).to(torch.float32)  # 1.0 at max
     weights = torch.stack([torch.arange(classes, dtype=torch.float32),
                            torch.ones(classes, dtype=torch.float32)])  # (2, C)
-    index_count = weights @ hits                                   # (2, h W)
+    if scratch is None:
+        hits = torch.eq(flat, flat.amax(dim=0, keepdim=True)).to(torch.float32)  # 1.0 at max
+        index_count = weights @ hits                               # (2, h W)
+    else:
+        n = int(flat.shape[1])
+        top = torch.amax(flat, dim=0, keepdim=True,
+                         out=scratch.take("class max", (1, n), flat.device))
+        hits = torch.eq(flat, top, out=scratch.take("class hits", (classes, n), flat.device))
+        index_count = torch.matmul(weights, hits,
+                                   out=scratch.take("class sums", (2, n), flat.device))
     labels = index_count[0].long()
     odd = (index_count[1] != 1).nonzero().squeeze(1)               # ties, NaN
     if odd.numel() > 0:
@@ -113,24 +122,27 @@ class FrameOutput:
 
 class OutputBuffers:
     """The buffers of one stream's output stage, kept across frames of one size: H x W
-    float maps (entropies, weights) and, for two branches, both branches' probabilities band
-    by band (2 x C x H x W floats, 406 MB at 124 x 480 x 854): the second walk reads them
-    back instead of upsampling again. :meth:`release` frees them. Not thread-safe: one per
-    stream."""
+    float maps (entropies, weights), for two branches both branches' probabilities band by
+    band (2 x C x H x W floats, 406 MB at 124 x 480 x 854: the second walk reads them back
+    instead of upsampling again), and the :class:`~ditta_ros.engine.scratch.Scratch` of the
+    band loops (a few C x rows x W bands). :meth:`release` frees them. Not thread-safe: one
+    per stream."""
 
     def __init__(self) -> None:
         self._maps: Tensor | None = None
-        self._probs: Tensor | None = None
+        self.scratch = Scratch()
+        self._kept = Scratch()
 
     @property
     def nbytes(self) -> int:
         """Bytes held now."""
-        return sum(t.numel() * t.element_size() for t in (self._maps, self._probs)
-                   if t is not None)
+        maps = 0 if self._maps is None else self._maps.numel() * self._maps.element_size()
+        return maps + self.scratch.nbytes + self._kept.nbytes
 
     def release(self) -> None:
         self._maps = None
-        self._probs = None
+        self.scratch.release()
+        self._kept.release()
 
     def maps(self, count: int, frame_hw: tuple[int, int], device: torch.device) -> Tensor:
         """(count, H, W) float32, contents undefined; reallocated only when it must grow,
@@ -143,15 +155,17 @@ class OutputBuffers:
                                          dtype=torch.float32, device=device)
         return m[:count]
 
-    def band_probs(self, bands: int, classes: int, rows: int, width: int,
-                   device: torch.device) -> Tensor:
-        """(bands, 2, C, rows, W) float32, each band contiguous; contents undefined."""
-        shape = (bands, 2, classes, rows, width)
-        p = self._probs
-        if p is None or p.device != device or tuple(p.shape) != shape:
-            self._probs = None
-            p = self._probs = torch.empty(shape, dtype=torch.float32, device=device)
-        return p
+    def band_probs(self, bands: list[tuple[int, int]], classes: int, width: int,
+                   device: torch.device) -> list[Tensor]:
+        """Per band (r0, r1) a contiguous (2, C, r1 - r0, W) float32 view of one buffer
+        (contents undefined); a new frame size with no more pixels reuses it."""
+        sizes = [2 * classes * (r1 - r0) * width for r0, r1 in bands]
+        flat = self._kept.take("probabilities", (sum(sizes),), device)
+        views, offset = [], 0
+        for (r0, r1), size in zip(bands, sizes):
+            views.append(flat[offset:offset + size].view(2, classes, r1 - r0, width))
+            offset += size
+        return views
 
 
 def band_rows(width: int, tile_rows: int = TILE_ROWS) -> int:
@@ -194,39 +208,40 @@ def frame_output(plain_logits: Tensor, addon_logits: Tensor | None, input_hw: tu
     device = plain_logits.device
     height, width = int(frame_hw[0]), int(frame_hw[1])
     classes = int(plain_logits.shape[1])
-    branches = [FrameRows(plain_logits, input_hw, frame_hw)]
-    if addon_logits is not None:
-        branches.append(FrameRows(addon_logits, input_hw, frame_hw))
     bands = _bands((height, width), device, tile_rows)
     bufs = buffers if buffers is not None else OutputBuffers()
+    scratch = bufs.scratch
+    branches = [FrameRows(plain_logits, input_hw, frame_hw, scratch)]
+    if addon_logits is not None:
+        branches.append(FrameRows(addon_logits, input_hw, frame_hw, scratch))
     maps = bufs.maps(len(branches) + 1, (height, width), device)
     labels = torch.empty((height, width), dtype=torch.int64, device=device)
     probs_out = (torch.empty((classes, height, width), dtype=torch.float32, device=device)
                  if with_probs else None)
     e_final = maps[-1:]                                                # (1, H, W)
-    kept = None
+    kept: list[Tensor] = []
     w = None
     if addon_logits is not None:
         # Walk 1: both branches' probabilities, kept band by band, and their entropies.
-        rows_per_band = bands[0][1] - bands[0][0]
-        kept = bufs.band_probs(len(bands), classes, rows_per_band, width, device)
+        kept = bufs.band_probs(bands, classes, width, device)
         e = maps[:2]                                                   # (2, H, W)
-        for i, (r0, r1) in enumerate(bands):
+        for (r0, r1), band in zip(bands, kept):
             for b, rows in enumerate(branches):
-                p = kept[i, b:b + 1, :, :r1 - r0]                      # (1, C, rows, W)
+                p = band[b:b + 1]                                      # (1, C, rows, W)
                 torch.softmax(rows.rows(r0, r1), dim=1, out=p)
-                entropy_into(p, e[b:b + 1, r0:r1])
+                entropy_into(p, e[b:b + 1, r0:r1], scratch)
         r = reliability_from_entropy(e)                                # (2, H, W)
         w = fusion_weight(r[0:1], r[1:2], tau).unsqueeze(1)            # (1, 1, H, W)
     for i, (r0, r1) in enumerate(bands):                               # walk 2 (the only
-        if kept is None or w is None:                                  # one for ISS alone)
-            final = torch.softmax(branches[0].rows(r0, r1), dim=1)     # (1, C, rows, W)
+        if w is None:                                                  # one for ISS alone)
+            final = scratch.take("probabilities", (1, classes, r1 - r0, width), device)
+            torch.softmax(branches[0].rows(r0, r1), dim=1, out=final)  # (1, C, rows, W)
         else:
-            band = kept[i, :, :, :r1 - r0]                             # (2, C, rows, W)
+            band = kept[i]                                             # (2, C, rows, W)
             final = band[1:2].lerp_(band[0:1], w[:, :, r0:r1])         # P_addon <- fused
-        labels[r0:r1] = class_argmax(final)       # ties -> lowest class (first maximum)
+        labels[r0:r1] = class_argmax(final, scratch)  # ties -> lowest class (first maximum)
         if with_reliability:
-            entropy_into(final, e_final[:, r0:r1])
+            entropy_into(final, e_final[:, r0:r1], scratch)
         if probs_out is not None:
             probs_out[:, r0:r1] = final[0]
     for rows in branches:

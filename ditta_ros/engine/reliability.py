@@ -22,6 +22,7 @@ from torch import Tensor
 from ditta_ros.config import ModelConfig
 from ditta_ros.engine.precision import autocast
 from ditta_ros.engine.preprocess import check_frame, prepare, to_frame_size
+from ditta_ros.engine.scratch import Scratch
 from ditta_ros.errors import CancelledError, InputError
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def entropy(probs: Tensor) -> Tensor:
     return entropy_into(probs.float(), out)
 
 
-def entropy_into(probs: Tensor, out: Tensor) -> Tensor:
+def entropy_into(probs: Tensor, out: Tensor, scratch: Scratch | None = None) -> Tensor:
     """(B, C, h, W) float32 probabilities -> ``out`` (B, h, W) float32, -sum_c p log p.
 
     Computed as the reference does, p * log(p) with torch.log, then summed over classes:
@@ -55,9 +56,24 @@ def entropy_into(probs: Tensor, out: Tensor) -> Tensor:
     (a float32 softmax underflowing to 0). The class sum runs in pieces that make the
     result independent of the number of threads (:func:`_class_sum_into`), so the same
     probabilities give the same entropy in every process, and a band of rows gives the
-    numbers of the whole map.
+    numbers of the whole map. With a :class:`~ditta_ros.engine.scratch.Scratch` the
+    C x h x W terms are computed in its buffers (same numbers, no new tensor per call).
     """
-    plogp = torch.log(probs).mul_(probs).masked_fill_(probs == 0, 0.0)   # (B, C, h, W)
+    if scratch is None:
+        plogp = torch.log(probs).mul_(probs).masked_fill_(probs == 0, 0.0)  # (B, C, h, W)
+        _class_sum_into(plogp, out)
+        return out.neg_()
+    plogp = scratch.take("p log p", tuple(probs.shape), probs.device)
+    torch.log(probs, out=plogp).mul_(probs)
+    if probs.device.type == "cpu":
+        # The mask changes a term only where p == 0 (0 * -inf = NaN there), and such a NaN
+        # reaches that pixel's sum: check the small sum map instead of building the mask
+        # over C x h x W, and redo the band with the mask only when a sum is NaN.
+        _class_sum_into(plogp, out)
+        if not bool(torch.isnan(out).any()):
+            return out.neg_()
+    zero = scratch.take("p == 0", tuple(probs.shape), probs.device, torch.bool)
+    plogp.masked_fill_(torch.eq(probs, 0, out=zero), 0.0)
     _class_sum_into(plogp, out)
     return out.neg_()
 
@@ -77,7 +93,10 @@ def _class_sum_into(terms: Tensor, out: Tensor) -> None:
     flat = terms.reshape(batch, classes, -1)                      # (B, C, n)
     flat_out = out.view(batch, -1)                                # (B, n)
     n = int(flat.shape[2])
-    step = max(_GRAIN // max(classes * batch, 1) // _BLOCK, 1) * _BLOCK
+    if torch.get_num_threads() == 1:
+        step = n                     # one thread: any multiple of 64 pixels sums alike
+    else:
+        step = max(_GRAIN // max(classes * batch, 1) // _BLOCK, 1) * _BLOCK
     for start in range(0, n, step):
         torch.sum(flat[:, :, start:start + step], dim=1, out=flat_out[:, start:start + step])
 
