@@ -105,6 +105,20 @@ def class_argmax(probs: Tensor, scratch: Scratch | None = None) -> Tensor:
     return labels.view(tuple(probs.shape[2:]))
 
 
+def _softmax_(x: Tensor) -> Tensor:
+    """Softmax over dim 1 of a contiguous (B, C, h, W) band, in place; returns ``x``.
+
+    On CPU the kernel reads all of a pixel's class values before it writes them, so the
+    output may alias the input (test_fusion checks every result bit for bit against the
+    out-of-place softmax, at one and two threads); that saves a band of memory traffic.
+    Other devices take the out-of-place softmax and a copy: the same numbers, with no
+    reliance on how their kernel orders its reads and writes.
+    """
+    if x.device.type == "cpu":
+        return torch.softmax(x, dim=1, out=x)
+    return x.copy_(torch.softmax(x, dim=1))
+
+
 @dataclass(frozen=True)
 class FrameOutput:
     """Stage D output of one frame, tensors still on the model's device.
@@ -227,15 +241,13 @@ def frame_output(plain_logits: Tensor, addon_logits: Tensor | None, input_hw: tu
         e = maps[:2]                                                   # (2, H, W)
         for (r0, r1), band in zip(bands, kept):
             for b, rows in enumerate(branches):
-                p = band[b:b + 1]                                      # (1, C, rows, W)
-                torch.softmax(rows.rows(r0, r1), dim=1, out=p)
+                p = _softmax_(rows.rows(r0, r1, out=band[b:b + 1]))    # (1, C, rows, W)
                 entropy_into(p, e[b:b + 1, r0:r1], scratch)
         r = reliability_from_entropy(e)                                # (2, H, W)
         w = fusion_weight(r[0:1], r[1:2], tau).unsqueeze(1)            # (1, 1, H, W)
     for i, (r0, r1) in enumerate(bands):                               # walk 2 (the only
         if w is None:                                                  # one for ISS alone)
-            final = scratch.take("probabilities", (1, classes, r1 - r0, width), device)
-            torch.softmax(branches[0].rows(r0, r1), dim=1, out=final)  # (1, C, rows, W)
+            final = _softmax_(branches[0].rows(r0, r1))                # (1, C, rows, W)
         else:
             band = kept[i]                                             # (2, C, rows, W)
             final = band[1:2].lerp_(band[0:1], w[:, :, r0:r1])         # P_addon <- fused

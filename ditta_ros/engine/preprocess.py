@@ -222,20 +222,28 @@ class FrameRows:
         in_h, _, out_h, _ = self.steps[k]
         return out_h % in_h == 0 and _power_of_two(out_h // in_h)
 
-    def rows(self, r0: int, r1: int) -> Tensor:
-        """Rows [r0, r1) of the frame-size map: (B, C, r1 - r0, W)."""
+    def rows(self, r0: int, r1: int, out: Tensor | None = None) -> Tensor:
+        """Rows [r0, r1) of the frame-size map: (B, C, r1 - r0, W).
+
+        ``out`` (contiguous, that shape): written there (a same-height last step writes
+        straight into it). With a scratch and no ``out`` the band is a contiguous view of
+        a scratch buffer, never the logits' own memory: the caller may overwrite it."""
         if not 0 <= r0 < r1 <= self.height:
             raise InputError(f"rows [{r0}, {r1}) outside a map of height {self.height}")
-        band = self._rows(len(self.steps) - 1, r0, r1)
+        band = self._rows(len(self.steps) - 1, r0, r1, out)
+        if out is not None:
+            return band if band.data_ptr() == out.data_ptr() else out.copy_(band)
         if self._scratch is None:
             return band
+        if not self.steps:                                  # a slice of the logits
+            return self._scratch.take("frame rows", tuple(band.shape), band.device).copy_(band)
         return self._scratch.contiguous("frame rows", band)
 
     def release(self) -> None:
         """Drop the whole-map results of non-separable steps (at the end of a frame)."""
         self._full.clear()
 
-    def _rows(self, k: int, r0: int, r1: int) -> Tensor:
+    def _rows(self, k: int, r0: int, r1: int, out: Tensor | None = None) -> Tensor:
         if k < 0:
             return self.logits[:, :, r0:r1]
         in_h, _, out_h, out_w = self.steps[k]
@@ -251,7 +259,7 @@ class FrameRows:
             # Same height: output row r is input row r (the kernel adds the next row with
             # weight 0, which changes nothing for finite values), so the step resamples
             # each row along the width, exactly the rows asked for.
-            return self._resample_width(k, self._rows(k - 1, r0, r1), out_w)
+            return self._resample_width(k, self._rows(k - 1, r0, r1), out_w, out)
         # Input rows the band reads: from floor(source(r0)) (source = (r + 0.5) / m - 0.5,
         # clamped at 0) to the row after floor(source(r1 - 1)).
         a = max(((2 * r0 + 1 - m) // (2 * m)), 0)
@@ -261,7 +269,8 @@ class FrameRows:
         band = self._upsample(k, self._rows(k - 1, a, b), ((b - a) * m, out_w))
         return band[:, :, r0 - a * m:r1 - a * m]
 
-    def _resample_width(self, k: int, x: Tensor, out_w: int) -> Tensor:
+    def _resample_width(self, k: int, x: Tensor, out_w: int,
+                        out: Tensor | None = None) -> Tensor:
         """A same-height bilinear step of rows ``x`` (B, C, rows, w) -> (B, C, rows, out_w).
 
         Linear resampling of each row (``upsample_linear1d``) computes the very numbers of
@@ -270,13 +279,16 @@ class FrameRows:
         reads the rows where they are (a slice of the previous step needs no copy)."""
         batch, classes, rows, _ = x.shape
         flat = x.flatten(0, 1)                              # (B C, rows, w), a view
-        if self._scratch is None:
-            out = F.interpolate(flat, size=out_w, mode="linear", align_corners=False)
-        else:
-            out = self._scratch.take(f"step {k} output", (batch * classes, rows, out_w),
+        if out is None and self._scratch is None:
+            return F.interpolate(flat, size=out_w, mode="linear",
+                                 align_corners=False).view(batch, classes, rows, out_w)
+        if out is None:
+            assert self._scratch is not None
+            out = self._scratch.take(f"step {k} output", (batch, classes, rows, out_w),
                                      x.device)
-            torch.ops.aten.upsample_linear1d.out(flat, [out_w], False, None, out=out)
-        return out.view(batch, classes, rows, out_w)
+        torch.ops.aten.upsample_linear1d.out(flat, [out_w], False, None,
+                                             out=out.view(batch * classes, rows, out_w))
+        return out
 
     def _upsample(self, k: int, x: Tensor, size: tuple[int, int]) -> Tensor:
         """Bilinear step k of input rows ``x`` to ``size``: F.interpolate's numbers, in the
