@@ -14,12 +14,20 @@ the processor's caches, and never builds a frame-size map:
   entropies; a second walk reads each band back, blends it with w, takes the argmax and
   the entropy of the result. Reading the kept bands costs less than upsampling again.
 
+Every intermediate band lives in the stream's :class:`OutputBuffers` (its
+:class:`~ditta_ros.engine.scratch.Scratch`): operations write into kept buffers (``out=``,
+in place), because a new C x rows x W tensor per operation maps fresh pages and cost as
+much as the arithmetic. The softmax runs in place on the upsampled band (on a CPU), and a
+same-height last step (480 x 864 -> 480 x 854) writes straight into the kept band.
+
 Every number is the one the straightforward pipeline (``to_frame_size`` on the whole map,
 softmax, entropy, blend, argmax, each into a new tensor) gives, bit for bit: a band of rows
-is computed by the same kernels with the same operations per element, and a band's pixel
-count is a multiple of 64, so the vectorised kernels split a band into vector blocks
+is computed with the same operations per element (the same kernels, or for a same-height
+step the linear kernel, whose arithmetic per row is the bilinear kernel's), and a band's
+pixel count is a multiple of 64, so the vectorised kernels split a band into vector blocks
 exactly as they split the whole map (test_fusion keeps that pipeline as its reference and
-checks it, at one and two threads). Only public torch API is used.
+checks it, at one and two threads). Only public torch API is used (the ``out`` overloads of
+the upsampling operators through ``torch.ops.aten``).
 
 The labels, probabilities and reliabilities returned are fresh tensors. Nothing reads a
 device value on the host, so on CUDA the caller's label copy is the only synchronisation;
