@@ -198,7 +198,7 @@ def test_ctrl_c_during_autostart_activation_exits_cleanly() -> None:
     with ros_context(ros_args({**FAST_PARAMS, "autostart": True})) as context:
         node = InterruptedNode(session_factory=faulty_factory(teacher), context=context)
         run(node, MultiThreadedExecutor(context=context))   # returns: no exception escapes
-        assert node._session is None and node._worker is None and not node._out_pubs
+        assert node._session is None and not node._data_path.running and not node._out_pubs
 
 
 def test_a_failed_adaptation_is_one_warn_line_in_rosout_without_traceback(capfd: Any) -> None:

@@ -114,4 +114,4 @@ def test_burst_drops_frames_keeps_order_and_accounts_for_every_frame() -> None:
     sent_stamps = [stamp_key(s) for s in sent]
     assert set(stamps[1:]) <= set(sent_stamps)                   # each label is an input's
     assert stamps == sorted(stamps)                               # latest wins: never older
-    assert h.node._slot.pending == 0
+    assert h.node._data_path.pending == 0

@@ -19,12 +19,9 @@ that moment. Phases (``types.Phase``)::
   object; ``status().message`` says why and the ISS model serves. Nothing adapts again
   until :meth:`Session.request_adaptation` or the stream policy (below) starts a warm-up.
 
-One adaptation at a time, by construction: a single worker thread runs adaptations, fed by a
-queue of length one. A request or reset cancels the running adaptation; the next one starts
-only once the cancelled one has returned (a newer pending warm-up replaces an older one), so
-two adaptations never share the teacher, the device or torch's random state. A run that was
-superseded and then fails for a reason other than its cancellation is reported in
-``status().superseded_error`` (and logged), not silently dropped.
+One adaptation at a time, by construction (engine/adaptation_worker.py): one worker thread,
+a queue of length one; a request or reset cancels the running adaptation and the next starts
+only once it has returned. A superseded run's failure shows in ``status().superseded_error``.
 
 Streams (issue 13; engine/stream_watch.py, scene.py, policy.py): unless
 ``StreamConfig.policy`` is ``once``, a scene detector looks at every frame. A cut resets the
@@ -59,47 +56,28 @@ Decisions (documented here because the contract leaves them open):
 from __future__ import annotations
 
 import copy
-import logging
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection, NamedTuple
+from typing import TYPE_CHECKING, Callable, Collection
 
 import numpy as np
 import torch
 
 from ditta_ros.config import DittaConfig
 from ditta_ros.engine import checkpoints
+from ditta_ros.engine.adaptation_worker import AdaptationWorker, WorkerHooks
 from ditta_ros.engine.fusion import StreamPredictor
 from ditta_ros.engine.preprocess import check_frame
 from ditta_ros.engine.status_relay import StatusRelay
 from ditta_ros.engine.stream_watch import StreamWatch
-from ditta_ros.engine.types import (
-    Phase,
-    Reason,
-    Result,
-    SessionStatus,
-    Source,
-    StepLosses,
-    Teacher,
-)
-from ditta_ros.engine.warmup import StageStart, WarmupOutcome, run_warmup
-from ditta_ros.errors import AdaptationError, CancelledError, DittaError
+from ditta_ros.engine.types import Phase, Reason, Result, SessionStatus, Source, Teacher
+from ditta_ros.errors import AdaptationError, DittaError
 
 if TYPE_CHECKING:
     from ditta_ros.engine.model import DittaModel
 
-logger = logging.getLogger(__name__)
-
 StatusCallback = Callable[[SessionStatus], None]
-
-
-class _Job(NamedTuple):
-    """One adaptation for the worker: its generation, warm-up frames and cancel flag."""
-
-    generation: int
-    frames: list[np.ndarray]
-    cancel: threading.Event
 
 
 class Session:
@@ -114,7 +92,6 @@ class Session:
     def __init__(self, model: DittaModel, teacher: Teacher, config: DittaConfig,
                  on_status: StatusCallback | None = None) -> None:
         self._model = model.eval()
-        self._teacher = teacher
         self._config = config
         self._device = torch.device(config.model.device)
         self._iss = StreamPredictor(model, config.model, config.fusion, self._device,
@@ -133,20 +110,14 @@ class Session:
         self._last_frame: np.ndarray | None = None   # newest frame, for priming the cache
         self._last_index = -1
         self._needs_prime = False
-        self._generation = 0                     # bumped whenever an adaptation is dropped
-        self._cancel: threading.Event | None = None   # the current generation's run
-        self._job: _Job | None = None            # the queue of length one
-        self._worker: threading.Thread | None = None
-        self._stage = ""                         # "A", "B" or "C" while adapting
-        self._superseded_error = ""
         self._closed = False
         self._frames_pushed = 0
         self._adaptations_done = 0
-        self._steps_done = 0
-        self._steps_total = 0
-        self._last_losses: StepLosses | None = None
-        self._num_objects = 0
-        self._stage_seconds: dict[str, float] = {}
+        # The adaptation thread and its progress, under this session's lock (its *_locked
+        # methods and .progress only with the lock held).
+        self._worker = AdaptationWorker(
+            self._model, teacher, config, self._cond,
+            WorkerHooks(self._progress_locked, self._adapted, self._failed_locked, self._flush))
         self._watch = StreamWatch(config.stream, model.num_classes)   # issue 13
         self._warmup_why = ""                    # why the warm-up being collected started
 
@@ -229,136 +200,45 @@ class Session:
 
     def _start_adaptation_locked(self) -> None:
         frames, self._warmup = self._warmup, []
-        self._generation += 1
-        cancel = threading.Event()
-        self._cancel = cancel
-        self._steps_done, self._last_losses, self._num_objects = 0, None, 0
-        self._steps_total = self._config.adaptation.iterations * len(frames)
-        self._stage_seconds, self._stage = {}, ""
+        self._worker.submit_locked(frames)      # replaces a queued job that has not started
         self._watch.adaptation_started_locked()
         self._set_phase_locked(Phase.ADAPTING, f"adapting on {len(frames)} warm-up frames")
-        # The queue holds one job: a newer warm-up replaces one that has not started yet.
-        self._job = _Job(self._generation, frames, cancel)
-        self._cond.notify_all()
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._work, name="ditta-adaptation",
-                                            daemon=True)
-            self._worker.start()
 
-    def _work(self) -> None:
-        """The adaptation thread: one job at a time, until the session closes."""
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._job is not None or self._closed)
-                if self._closed:
-                    self._job = None
-                    return
-                job, self._job = self._job, None
-            if job is not None:
-                self._run(job)
-                del job                          # the warm-up frames go with it
-            self._flush()
-
-    def _run(self, job: _Job) -> None:
-        """Stages A + B + C of one job, then the swap (or FAILED)."""
-        generation = job.generation
-        try:
-            outcome = run_warmup(
-                self._model, self._teacher, job.frames, self._config,
-                on_stage=lambda event: self._on_stage(generation, event),
-                on_step=lambda losses: self._on_step(generation, losses), cancel=job.cancel)
-            job.frames.clear()
-            self._swap_in(generation, outcome)
-        except CancelledError as exc:
-            logger.info("adaptation cancelled: %s", exc)
-        except Exception as exc:  # noqa: BLE001 - any failure (incl. OOM) -> FAILED
-            self._failed(generation, exc)
-
-    def _swap_in(self, generation: int, outcome: WarmupOutcome) -> None:
-        with self._lock:
-            current = generation == self._generation
-            if current:
-                self._stage_seconds = dict(outcome.stage_seconds)
-                self._num_objects = outcome.num_objects
-        if not current:
-            return                               # superseded by reset/request/load/close
-        if outcome.model is None:
-            raise AdaptationError(outcome.reason)
-        predictor = StreamPredictor(outcome.model, self._config.model, self._config.fusion,
+    def _adapted(self, generation: int, model: DittaModel) -> None:
+        """The worker's hand-over (no lock held): serve ``model`` with fusion, its add-on cache
+        primed with the newest frame pushed, unless the generation was dropped meanwhile."""
+        predictor = StreamPredictor(model, self._config.model, self._config.fusion,
                                     self._device, use_addon=True)
         with self._lock:
             prime, prime_index = self._last_frame, self._last_index
         if prime is not None:
             predictor.prime(prime)
         with self._lock:
-            if generation != self._generation:
+            if not self._worker.current_locked(generation):
                 return
             self._serving, self._source = predictor, Source.ADAPTED
-            self._adapted_model = outcome.model
+            self._adapted_model = model
             self._needs_prime = self._last_index != prime_index
             self._adaptations_done += 1
-            self._stage = ""
+            self._worker.progress.ended()
             self._watch.adaptation_ended_locked(succeeded=True)
             self._set_phase_locked(
-                Phase.ADAPTED, f"adapted with {self._num_objects} objects; serving the "
-                "adapted model with fusion")
+                Phase.ADAPTED, f"adapted with {self._worker.progress.num_objects} objects; "
+                "serving the adapted model with fusion")
 
-    def _failed(self, generation: int, exc: Exception) -> None:
-        """FAILED with the reason; an expected failure (a DittaError) logs its traceback at
-        DEBUG only, anything else (a bug, out of memory) at ERROR."""
-        reason = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, DittaError):
-            logger.debug("adaptation failed: %s", reason, exc_info=exc)
-        else:
-            logger.error("adaptation failed: %s", reason, exc_info=exc)
-        with self._lock:
-            if generation == self._generation:
-                self._serving, self._source = self._iss, Source.ISS
-                self._adapted_model = None
-                self._stage = ""
-                self._watch.adaptation_ended_locked(succeeded=False)
-                self._set_phase_locked(
-                    Phase.FAILED, f"adaptation failed: {reason}; serving the ISS model "
-                    "(request a new adaptation to try again)")
-            else:
-                self._superseded_error = f"a superseded adaptation failed: {reason}"
-                logger.warning(self._superseded_error)
-                self._notify_locked()
-
-    def _on_stage(self, generation: int, event: StageStart) -> None:
-        text = {"A": "stage A: ISS labels on the warm-up",
-                "B": "stage B: running the teacher",
-                "C": f"stage C: adapting with {event.num_objects} objects"}[event.stage]
-        with self._lock:
-            if generation == self._generation:
-                self._stage = event.stage
-                self._stage_seconds = dict(event.stage_seconds)
-                if event.num_objects is not None:
-                    self._num_objects = event.num_objects
-                self._message = text
-                self._notify_locked()
-        self._flush()
-
-    def _on_step(self, generation: int, losses: StepLosses) -> None:
-        with self._lock:
-            if generation != self._generation:
-                return
-            self._steps_done, self._steps_total = losses.step + 1, losses.total_steps
-            self._last_losses = losses
-            self._message = (f"adapting: step {losses.step + 1}/{losses.total_steps}, "
-                             f"loss {losses.total:.4f}")
-            self._notify_locked()
-        self._flush()
+    def _failed_locked(self, reason: str) -> None:
+        """The current adaptation failed (the worker logged it): the ISS model serves."""
+        self._serving, self._source = self._iss, Source.ISS
+        self._adapted_model = None
+        self._watch.adaptation_ended_locked(succeeded=False)
+        self._set_phase_locked(
+            Phase.FAILED, f"adaptation failed: {reason}; serving the ISS model "
+            "(request a new adaptation to try again)")
 
     def _drop_adaptation_locked(self) -> None:
         """Cancel a running adaptation and forget the warm-up (caller sets the phase)."""
-        if self._cancel is not None:
-            self._cancel.set()
-        self._cancel, self._job = None, None     # a job not started yet never runs
-        self._generation += 1
-        self._stage = ""
+        self._worker.drop_locked()
         self._warmup, self._warmup_hw = [], None
-        self._steps_done, self._steps_total, self._last_losses = 0, 0, None
 
     def _begin_warmup_locked(self, reason: Reason, why: str = "") -> None:
         """A new warm-up starts with the next collected frame; a running adaptation is
@@ -408,7 +288,8 @@ class Session:
         there is none."""
         with self._lock:
             model, phase = self._adapted_model, self._phase
-            meta = {"num_objects": self._num_objects, "adaptations_done": self._adaptations_done,
+            meta = {"num_objects": self._worker.progress.num_objects,
+                    "adaptations_done": self._adaptations_done,
                     "warmup_frames": self._config.adaptation.warmup_frames}
         if model is None:
             raise AdaptationError(f"nothing to save: the session has no adapted model (phase "
@@ -442,10 +323,9 @@ class Session:
                 self._closed = True
                 self._drop_adaptation_locked()
                 self._last_frame = None
-                self._cond.notify_all()
-            worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout)                 # (close() from on_status cannot join)
+            thread = self._worker.close_locked()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)                 # (close() from on_status cannot join)
         self._flush()
 
     def __enter__(self) -> Session:
@@ -476,11 +356,9 @@ class Session:
             phase=self._phase, message=self._message,
             warmup_collected=len(self._warmup),
             warmup_target=self._config.adaptation.warmup_frames,
-            steps_done=self._steps_done, steps_total=self._steps_total,
-            last_losses=self._last_losses, num_objects=self._num_objects,
-            stage_seconds=dict(self._stage_seconds), frames_pushed=self._frames_pushed,
-            adaptations_done=self._adaptations_done, serving=self._source, stage=self._stage,
-            superseded_error=self._superseded_error, **self._watch.status_fields_locked())
+            frames_pushed=self._frames_pushed, adaptations_done=self._adaptations_done,
+            serving=self._source, **self._worker.progress.status_fields(),
+            **self._watch.status_fields_locked())
 
     def _set_phase_locked(self, phase: Phase, message: str) -> None:
         self._phase, self._message = phase, message
@@ -489,6 +367,12 @@ class Session:
 
     def _notify_locked(self) -> None:
         self._relay.queue_locked(self._snapshot_locked)
+
+    def _progress_locked(self, message: str | None) -> None:
+        """The worker's progress (a stage, a step, a superseded failure)."""
+        if message is not None:
+            self._message = message
+        self._notify_locked()
 
     def _flush(self) -> None:
         self._relay.flush()

@@ -13,10 +13,21 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 ROOT_LOGGER = "ditta_ros"
 _lock = threading.Lock()
+
+
+class RosLog(Protocol):
+    """What the node's pure parts (data_path.py, status_report.py) write to: its ROS logger
+    (``node.get_logger()``), or anything with these methods in a test."""
+
+    def info(self, message: str) -> Any: ...
+
+    def warning(self, message: str) -> Any: ...
+
+    def error(self, message: str) -> Any: ...
 
 
 class RosLogHandler(logging.Handler):

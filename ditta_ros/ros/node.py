@@ -1,7 +1,8 @@
 """ditta_node: the lifecycle node that serves DiTTA labels for a camera stream.
 
-Data path (docs/ARCHITECTURE.md): camera message -> ``image`` decode -> ``Session.push`` ->
-``Result`` -> label, colour, overlay and confidence images with the input's header.
+Data path (ros/data_path.py): camera message -> ``image`` decode -> ``Session.push`` ->
+``Result`` -> label, colour, overlay and confidence images with the input's header; ~/status
+and /diagnostics: ros/status_report.py.
 
 Lifecycle (ros2/demos lifecycle_py style, one job per callback):
 - configure: parameters -> frozen configs, device check, class list, model + SAM2 + session,
@@ -12,8 +13,8 @@ Lifecycle (ros2/demos lifecycle_py style, one job per callback):
 - cleanup: free the session and models (CUDA cache too); shutdown: deactivate + cleanup.
 
 Threads: the subscription callback only hands the message to a latest-frame-wins slot; one
-worker thread decodes, pushes and publishes; the session adapts in its own background
-thread; services run in a reentrant group, so they answer while the model runs.
+worker thread decodes, pushes and publishes (ros/data_path.py); the session adapts in its own
+background thread; services run in a reentrant group, so they answer while the model runs.
 
 Logs: the node installs the one bridge that sends the engine's Python log records to its
 ROS logger (so they reach /rosout); each phase change is one INFO line, a failed adaptation
@@ -30,13 +31,12 @@ import logging
 import os
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import rclpy
 import torch
-from diagnostic_msgs.msg import DiagnosticArray, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
@@ -49,12 +49,12 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from ditta_ros.config import DittaConfig, NodeConfig
-from ditta_ros.engine.types import Phase, SessionStatus
-from ditta_ros.errors import ConfigError, DittaError, InputError
+from ditta_ros.engine.types import SessionStatus
+from ditta_ros.errors import ConfigError, DittaError
 from ditta_ros.labels import ClassSet, load_classes
 from ditta_ros.msg import AdaptationStatus
 from ditta_ros.ros import outputs
-from ditta_ros.ros.image import compressed_to_frame, image_to_frame
+from ditta_ros.ros.data_path import DataPath, FrameTarget
 from ditta_ros.ros.loading import (
     LATCHED_QOS,
     STATUS_QOS,
@@ -77,8 +77,8 @@ from ditta_ros.ros.parameters import (
 )
 from ditta_ros.ros.process import StopRequest, run
 from ditta_ros.ros.services import SERVICES, Action, serve
+from ditta_ros.ros.status_report import NodeView, StatusReport
 from ditta_ros.ros.stream_health import StreamHealth
-from ditta_ros.ros.worker import LatestSlot, Worker
 
 # Re-exported: tests and tools build sessions and factories through this module.
 __all__ = ["LATCHED_QOS", "DittaNode", "LoadedSession", "SessionFactory",
@@ -103,12 +103,7 @@ class DittaNode(LifecycleNode):
         self._out_pubs: dict[str, Any] = {}
         self._periodic: list[Any] = []
         self._subscription: Any = None
-        self._worker: Worker[tuple[Any, float]] | None = None
-        self._slot: LatestSlot[tuple[Any, float]] = LatestSlot()
         self._health = StreamHealth(log_period=5.0)
-        self._last_phase: Phase | None = None
-        self._last_failure = ""                  # the latest FAILED message (/diagnostics)
-        self._phase_lock = threading.Lock()
         self._remove_bridge = install_bridge(self.get_logger())
         self._last_error = ""                    # why the last configure failed
         self._param_problems = declare_parameters(self)
@@ -119,6 +114,12 @@ class DittaNode(LifecycleNode):
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._status_pub = self.create_publisher(AdaptationStatus, "~/status", STATUS_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._report = StatusReport(self._health, self._view,
+                                    lambda: self.get_clock().now().to_msg(), self.get_logger(),
+                                    self._status_pub.publish, self._diag_pub.publish,
+                                    self.get_fully_qualified_name())
+        self._data_path = DataPath(self._health, self._frame_target, self._publish_output,
+                                   self.get_logger(), self._report.publish)
         for name, action in SERVICES.items():
             self.create_service(Trigger, f"~/{name}", functools.partial(self._serve, action),
                                 callback_group=self._service_group)
@@ -159,14 +160,11 @@ class DittaNode(LifecycleNode):
         header.stamp = self.get_clock().now().to_msg()
         if "label_info" in self._out_pubs:
             self._out_pubs["label_info"].publish(outputs.label_info(self._names, header))
-        self._slot.clear()
-        worker: Worker[tuple[Any, float]] = Worker(self._slot, self._process, self._worker_error)
-        self._worker = worker
-        worker.start()
+        self._data_path.start()
         msg_type, topic = ((CompressedImage, "image/compressed")
                            if node_cfg.transport == "compressed" else (Image, "image"))
         self._subscription = self.create_subscription(
-            msg_type, topic, self._on_image, input_qos(node_cfg),
+            msg_type, topic, self._data_path.on_image, input_qos(node_cfg),
             callback_group=self._input_group,
             event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
         # Log first: ~/status saying "active" is what a supervisor waits for, and the log
@@ -232,7 +230,7 @@ class DittaNode(LifecycleNode):
             classes = load_classes(node_cfg.classes)
         except DittaError as err:
             raise named("classes", node_cfg.classes, err) from err
-        loaded = self._factory(engine_cfg, self._on_session_status)
+        loaded = self._factory(engine_cfg, self._report.on_session_status)
         with self._lock:
             self._session, self._num_classes = loaded.session, loaded.num_classes
             self._engine_cfg, self._node_cfg, self._classes = engine_cfg, node_cfg, classes
@@ -249,7 +247,7 @@ class DittaNode(LifecycleNode):
                 raise named("adaptation_file", node_cfg.adaptation_file, err) from err
         self._create_outputs(node_cfg)
         self._health.reset()
-        self._last_phase, self._last_failure = None, ""
+        self._report.reset()
 
     def _create_outputs(self, node_cfg: NodeConfig) -> None:
         qos = output_qos(node_cfg)
@@ -279,7 +277,7 @@ class DittaNode(LifecycleNode):
                                                   callback_group=self._timer_group))
         if node_cfg.diagnostics_rate > 0:
             self._periodic.append(self.create_timer(1.0 / node_cfg.diagnostics_rate,
-                                                  self.publish_diagnostics,
+                                                  self._report.publish_diagnostics,
                                                   callback_group=self._timer_group))
 
     def _unload(self) -> None:
@@ -306,12 +304,8 @@ class DittaNode(LifecycleNode):
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
-        worker, self._worker = self._worker, None
-        if worker is not None and not worker.stop(timeout=60.0):
+        if not self._data_path.stop(timeout=60.0):
             self.get_logger().error("the worker thread did not stop within 60 s")
-        left = self._slot.clear()
-        if left is not None:
-            self._health.stats.dropped()
 
     def _set_lifecycle(self, label: str) -> None:
         self._lifecycle = label
@@ -323,98 +317,30 @@ class DittaNode(LifecycleNode):
 
     # ------------------------------------------------------------------ data path
 
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        """Hand over only: never decode or run the model here."""
-        self._health.stats.received()
-        if self._slot.put((msg, time.monotonic())) is not None:
-            self._health.stats.dropped()
-
-    def _process(self, item: tuple[Any, float]) -> None:
-        msg, received = item
+    def _frame_target(self) -> FrameTarget | None:
+        """What the data path needs for one frame; None when not configured."""
         with self._lock:
             session, node_cfg, classes = self._session, self._node_cfg, self._classes
-            num_classes = self._num_classes
-        if session is None or node_cfg is None or classes is None:
-            self._health.stats.dropped()
-            return
-        header, health = msg.header, self._health
-        try:
-            decoded = (compressed_to_frame(msg) if isinstance(msg, CompressedImage)
-                       else image_to_frame(msg))
-            height, width = decoded.frame.shape[:2]
-            self._warn(health.note_size(width, height, header.frame_id))
-            stamp = health.note_stamp(header.stamp.sec, header.stamp.nanosec, header.frame_id)
-            self._warn(stamp.warning)
-            if stamp.jumped_back:
-                session.restart_stream()     # never fuse with the frame before the jump
-            result = session.push(decoded.frame, with_reliability=node_cfg.publish_confidence,
-                                  stamp=stamp.seconds)   # the stream policy's clock
-        except InputError as err:
-            line = health.rejected(str(err), header.frame_id)
-            if line is not None:
-                self._warn(line)
-                self.publish_status()        # as rate-limited as the log line
-            return
-        health.stats.processed(result.inference_s)
-        for name, image in outputs.result_images(decoded.frame, result, header, node_cfg,
-                                                 classes.palette, num_classes):
-            self._out_pubs[name].publish(image)
-        health.stats.published(time.monotonic() - received)
+            if session is None or node_cfg is None or classes is None:
+                return None
+            return FrameTarget(session, node_cfg, classes.palette, self._num_classes)
 
-    def _warn(self, line: str | None) -> None:
-        if line is not None:
-            self.get_logger().warning(line)
-
-    def _worker_error(self, err: BaseException) -> None:
-        line = self._health.internal_error(err)
-        if line is not None:  # rate-limited like rejections: a bad stream must not flood
-            self.get_logger().error(line)
+    def _publish_output(self, name: str, image: Image) -> None:
+        self._out_pubs[name].publish(image)
 
     # ------------------------------------------------------------------ status
 
-    def _on_session_status(self, status: SessionStatus) -> None:
-        """Publish and log every phase change, from the session's own snapshot (the session
-        calls this in order, once per change), so no phase is skipped however short."""
-        with self._phase_lock:
-            if status.phase is self._last_phase:
-                return
-            previous, self._last_phase = self._last_phase, status.phase
-            self.publish_status(status=status)
-            change = (f"phase {previous.value if previous else 'none'} -> "
-                      f"{status.phase.value}: {status.message}")
-            if status.phase is Phase.FAILED:
-                self._last_failure = status.message
-                self.get_logger().warning(change)
-            else:
-                self.get_logger().info(change)
+    def _view(self) -> NodeView:
+        with self._lock:
+            return NodeView(self._lifecycle, self._session, self._last_error)
 
     def status_message(self, message: str = "", status: SessionStatus | None = None
                        ) -> AdaptationStatus:
         """~/status now; ``status``: a session snapshot to report instead of a fresh one."""
-        with self._lock:
-            session = self._session
-        if status is None and session is not None:
-            status = session.status()
-        serving = status.serving if session is not None and status is not None else None
-        if session is None and not message:
-            message = self._last_error
-        stamp = self.get_clock().now().to_msg()
-        return outputs.status_message(stamp, self._lifecycle, status, serving,
-                                      self._health.counts(), message)
+        return self._report.message(message, status)
 
     def publish_status(self, message: str = "", status: SessionStatus | None = None) -> None:
-        self._status_pub.publish(self.status_message(message, status))
-
-    def publish_diagnostics(self) -> None:
-        health = self._health
-        recent = health.rejected_since_last_report()
-        array = outputs.diagnostics_message(self.get_clock().now().to_msg(),
-                                            self.get_fully_qualified_name(),
-                                            self.status_message(), health.counts(), recent,
-                                            self._last_failure)
-        array.status[0].values.extend(KeyValue(key=k, value=v)
-                                      for k, v in health.diagnostic_values())
-        self._diag_pub.publish(array)
+        self._report.publish(message, status)
 
     # ------------------------------------------------------------------ services
 
