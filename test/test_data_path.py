@@ -192,3 +192,24 @@ def test_an_unexpected_error_is_one_error_line_and_the_worker_goes_on() -> None:
             (2, 1, 1, 0)
     finally:
         rig.close()
+
+
+def test_a_frame_whose_images_cannot_be_published_is_counted_once() -> None:
+    rig = Rig()
+    try:
+        rig.path.start()
+        rig.fail_publish = RuntimeError("publisher is gone")
+        rig.path.on_image(rig.message(0))
+        assert rig.log.logged.acquire(timeout=WAIT)   # the worker's error line
+        assert rig.log.lines == [("error", "frame processing failed: internal error: "
+                                  "RuntimeError: publisher is gone")]
+        counts = rig.health.counts()
+        assert (counts.received, counts.processed, counts.rejected) == (1, 0, 1)
+        rig.fail_publish = None
+        rig.path.on_image(rig.message(1))
+        assert rig.labels_out.acquire(timeout=WAIT)
+        assert rig.path.stop(timeout=WAIT)
+        counts = rig.health.counts()
+        assert (counts.received, counts.processed, counts.rejected) == (2, 1, 1)
+    finally:
+        rig.close()
