@@ -132,13 +132,15 @@ def test_close_cancels_a_running_adaptation_and_joins() -> None:
     config = tiny_config(warmup_frames=2)
     video = make_video(5)
     teacher = OracleTeacher([video], 2, gate=threading.Event())     # never opened
+    before = set(threading.enumerate())               # (threads of other tests' sessions)
     session = Session(tiny_model(config), teacher, config)
     for f in frames_of(video, 2):
         session.push(f)
     assert teacher.started.wait(WAIT)                 # the teacher is blocked in stage B
+    ours = [t for t in threading.enumerate() if t.name == "ditta-adaptation" and t not in before]
+    assert len(ours) == 1
     session.close()
-    assert not any(t.is_alive() for t in threading.enumerate()
-                   if t.name == "ditta-adaptation")
+    assert not ours[0].is_alive()
     assert session.status().phase is Phase.ADAPTING   # cancelled, nothing swapped in
     with pytest.raises(DittaError, match="closed"):
         session.push(frames_of(video, 1)[0])

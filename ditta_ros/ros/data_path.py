@@ -114,12 +114,17 @@ class DataPath:
                 self._warn(line)
                 self._publish_status()       # as rate-limited as the log line
             return
-        for name, image in outputs.result_images(decoded.frame, result, header, target.node,
-                                                 target.palette, target.num_classes):
-            self._publish(name, image)
-        # Counted once its images are out: a publishing error reaches _worker_error, which
-        # counts the frame as rejected, so no frame is counted twice.
         health.stats.processed(result.inference_s)
+        try:
+            for name, image in outputs.result_images(decoded.frame, result, header,
+                                                     target.node, target.palette,
+                                                     target.num_classes):
+                self._publish(name, image)
+        except Exception as err:  # noqa: BLE001 - the frame stays counted once: processed
+            line = health.publish_error(err)
+            if line is not None:
+                self._log.error(line)
+            return
         health.stats.published(time.monotonic() - received)
 
     def _warn(self, line: str | None) -> None:

@@ -93,6 +93,16 @@ class StreamHealth:
             return None
         return f"frame processing failed: {reason}{_more(suppressed, ' like it')}"
 
+    def publish_error(self, err: BaseException) -> str | None:
+        """Publishing a processed frame's images raised: the frame stays counted as
+        processed (the session served it), not also as rejected; an error line at most once
+        per period."""
+        suppressed = self._limit.check(f"publish error {type(err).__name__}")
+        if suppressed is None:
+            return None
+        return (f"publishing the images of a processed frame failed: {type(err).__name__}: "
+                f"{err}{_more(suppressed, ' like it')}")
+
     def rejected_since_last_report(self) -> bool:
         """True when frames were rejected since the previous call (diagnostics: WARN)."""
         rejected = self.stats.snapshot().rejected
