@@ -43,6 +43,7 @@ from ditta_ros.config import AdaptationConfig, DittaConfig, FusionConfig, ModelC
 from ditta_ros.engine.checkpoints import build_model
 from ditta_ros.engine.fusion import StreamPredictor, clip_output, frame_output
 from ditta_ros.engine.model import DittaModel
+from ditta_ros.engine.output_stage import OutputBuffers
 from ditta_ros.engine.preprocess import prepare
 from ditta_ros.engine.runner import run_w2f
 from ditta_ros.synthetic import SyntheticVideo
@@ -177,8 +178,9 @@ def _clip_labels(model: DittaModel, prev: np.ndarray, frame: np.ndarray,
 
 
 def _output_labels(logits: torch.Tensor, addon: torch.Tensor | None, input_hw: tuple[int, int],
-                   frame_hw: tuple[int, int], tau: float) -> np.ndarray:
-    return frame_output(logits, addon, input_hw, frame_hw, tau).labels.cpu().numpy()
+                   frame_hw: tuple[int, int], tau: float, buffers: OutputBuffers) -> np.ndarray:
+    return frame_output(logits, addon, input_hw, frame_hw, tau,
+                        buffers=buffers).labels.cpu().numpy()
 
 
 def bench_components(model: DittaModel, model_config: ModelConfig, fusion: FusionConfig,
@@ -189,6 +191,9 @@ def bench_components(model: DittaModel, model_config: ModelConfig, fusion: Fusio
     parts: dict[str, list[float]] = {"prepare": [], "network": [], "addon": [],
                                      "output_plain": [], "output_fused": []}
     memory = PeakMemory(torch.device("meta"))        # timing only: measures no memory
+    # Kept from frame to frame as a stream keeps them (StreamPredictor): a fresh set per
+    # call would time the first-frame allocation of ~0.4 GB instead of the output stage.
+    plain_buffers, fused_buffers = OutputBuffers(), OutputBuffers()
     with torch.inference_mode():
         x = torch.from_numpy(prepare(frames[0])).unsqueeze(0).to(device)
         f_prev, l_prev = model.iss.forward_features(x)
@@ -204,11 +209,11 @@ def bench_components(model: DittaModel, model_config: ModelConfig, fusion: Fusio
             t["addon"], _ = timed(partial(model.addon, feats, f_prev, l_prev), device, memory)
             addon = model.addon(feats, f_prev, l_prev)
             t["output_plain"], _ = timed(
-                partial(_output_labels, logits, None, input_hw, frame_hw, fusion.tau),
-                device, memory)
+                partial(_output_labels, logits, None, input_hw, frame_hw, fusion.tau,
+                        plain_buffers), device, memory)
             t["output_fused"], _ = timed(
-                partial(_output_labels, logits, addon, input_hw, frame_hw, fusion.tau),
-                device, memory)
+                partial(_output_labels, logits, addon, input_hw, frame_hw, fusion.tau,
+                        fused_buffers), device, memory)
             if r > 0:                                     # the first round warms up
                 for k, v in t.items():
                     parts[k].append(v)

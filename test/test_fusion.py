@@ -310,9 +310,9 @@ def test_buffers_are_reused_and_outputs_do_not_alias_them() -> None:
     kept = (first.labels.clone(), first.probs.clone(), first.reliability.clone())
     frame_output(plain, None, (40, 56), (37, 50), 0.8, buffers=buffers)  # the plain walk's
     held = buffers.nbytes                                                # band buffer too
-    # two entropies + the final one, and both branches' probabilities (bands of 32 rows:
+    # two entropies + the final one, and both branches' probabilities (bands of 64 rows:
     # 32 x 50 pixels is a whole number of 64-pixel kernel blocks)
-    assert band_rows(50) == 32
+    assert band_rows(50) == 64 and band_rows(50, 16) == 32
     assert 0 < buffers.scratch.nbytes
     assert held == 3 * 37 * 50 * 4 + 2 * 7 * 37 * 50 * 4 + buffers.scratch.nbytes
     for _ in range(3):                               # same size: no new buffers
@@ -339,12 +339,12 @@ def test_a_steady_stream_allocates_no_band_of_classes(addon: bool) -> None:
     other_or_none = other if addon else None
     buffers = OutputBuffers()
     frame_output(plain, other_or_none, (64, 96), (64, 90), 0.8, with_reliability=True,
-                 buffers=buffers)
+                 buffers=buffers, tile_rows=32)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = frame_output(plain, other_or_none, (64, 96), (64, 90), 0.8,
-                           with_reliability=True, buffers=buffers)
+                           with_reliability=True, buffers=buffers, tile_rows=32)
     allocations = [e.cpu_memory_usage for e in prof.events() if e.name == "aten::empty"]
-    band = 19 * band_rows(90) * 90 * 4                     # one branch, one band: 219 kB
+    band = 19 * band_rows(90, 32) * 90 * 4                 # one branch, one band: 219 kB
     results = out.labels.numel() * out.labels.element_size()     # H x W int64: 46 kB
     assert allocations and max(allocations) <= results < band
     assert torch.equal(out.labels, _reference_output(plain, other_or_none, (64, 96), (64, 90),

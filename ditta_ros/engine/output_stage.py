@@ -52,9 +52,11 @@ from ditta_ros.errors import InputError
 # reference would produce NaN. Neither branch is more reliable, so both count equally.
 TIE_WEIGHT = 0.5
 
-# Rows per band on a CPU, at least: 16 was the fastest of 16, 32, 48 and 64 at
-# 124 x 480 x 854 (bench/bench_fusion.py); a band of one branch is then 6.8 MB.
-TILE_ROWS = 16
+# Rows per band on a CPU, at least: with the work buffers kept, 64 rows was the fastest or
+# within 5 % of it for both outputs among 32, 64 and 128 at 124 x 480 x 854, 1 thread
+# (bench/bench_fusion.py, BENCHMARKS.md): fewer, taller bands repeat fewer halo rows of
+# the x4 step and fewer per-call costs. A band of one branch is then 27 MB.
+TILE_ROWS = 64
 
 # A band holds a multiple of this many pixels: torch's CPU kernels work through a map in
 # blocks of up to 4 vectors (the class sum of the entropy: 4 x 8 floats on AVX2, 4 x 16 on
