@@ -12,7 +12,7 @@ The logits are random at 1/4 of the network input, ~1e-3 apart like a random-ini
 SegFormer's (the worst case for rounding: every label is a near tie).
 
 Usage: ``python bench/bench_fusion.py [--threads N] [--repeats N] [--frame-size HxW]
-[--tile-rows 16,32,64]``.
+[--tile-rows 16,32,64] [--compile]``.
 """
 
 from __future__ import annotations
@@ -68,6 +68,27 @@ def straightforward(plain: torch.Tensor, addon: torch.Tensor | None,
                        addon is not None)
 
 
+def _compiled_modes(plain: torch.Tensor, addon: torch.Tensor, input_hw: tuple[int, int],
+                    frame_hw: tuple[int, int], buffers: OutputBuffers
+                    ) -> dict[str, tuple[Callable[[], FrameOutput], str]]:
+    """torch.compile (default inductor backend; C++ code on a CPU) of the straightforward
+    pipeline, one compiled function per output kind: the first call's seconds (the
+    compilation) and how many labels differ from the bands' (which are bit-exact)."""
+    out: dict[str, tuple[Callable[[], FrameOutput], str]] = {}
+    for kind, other in (("plain", None), ("fused", addon)):
+        fn = torch.compile(partial(straightforward, plain, other, input_hw, frame_hw, 0.8))
+        start = time.perf_counter()
+        with torch.inference_mode():
+            labels = fn().labels
+            exact = frame_output(plain, other, input_hw, frame_hw, 0.8, buffers=buffers).labels
+        seconds = time.perf_counter() - start
+        differ = int((labels != exact).sum())
+        out[f"{kind}, compiled"] = (fn, f"first call (compilation) {seconds:.1f} s; labels "
+                                        f"differing from the exact bands: {differ} of "
+                                        f"{labels.numel()}")
+    return out
+
+
 def _time(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -109,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame-size", default="480x854", help="frame HxW")
     p.add_argument("--num-classes", type=int, default=124)
     p.add_argument("--tile-rows", default="16,32,64", help="band heights to time")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile (inductor) of the straightforward pipeline: "
+                   "compile time, seconds per frame, labels differing from the bands")
     p.add_argument("--previous", type=Path, default=None,
                    help="fusion.py of an older checkout whose frame_output(..., workspace=) "
                    "is timed too (e.g. the workspace version: git show "
@@ -139,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                                            workspace=workspace)
         modes["fused, previous"] = partial(old.frame_output, plain, addon, input_hw, fhw, 0.8,
                                            workspace=workspace)
+    compiled = _compiled_modes(plain, addon, input_hw, fhw, buffers) if args.compile else {}
+    modes.update({name: fn for name, (fn, _) in compiled.items()})
     for t in tiles:
         modes[f"plain, rows {t}"] = partial(frame_output, plain, None, input_hw, fhw, 0.8,
                                             buffers=buffers, tile_rows=t)
@@ -189,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         if prev:
             row += f" {med[f'{kind}, previous'] / min(bs):.2f} x |"
         print(row)
+    for name, (_, note) in compiled.items():
+        print(f"{name}: {med[name]:.3f} s per frame; {note}")
     print("whole-map fused output, passes (median s): " + ", ".join(
         f"{k} {statistics.median(s[k] for s in split):.3f}" for k in split[0]))
     return 0
