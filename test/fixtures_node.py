@@ -106,6 +106,41 @@ SAM2_PARAMS: dict[str, object] = {
 }
 
 
+
+class LogLines:
+    """A stand-in for a node's ROS logger (ros/log_bridge.RosLog): its lines by level, with
+    waits for the lines a worker thread writes."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+        self._cond = threading.Condition()
+
+    def _add(self, level: str, message: str) -> None:
+        with self._cond:
+            self.lines.append((level, message))
+            self._cond.notify_all()
+
+    def info(self, message: str) -> None:
+        self._add("info", message)
+
+    def warning(self, message: str) -> None:
+        self._add("warning", message)
+
+    def error(self, message: str) -> None:
+        self._add("error", message)
+
+    def warnings(self) -> list[str]:
+        return [line for level, line in self.lines if level == "warning"]
+
+    def wait_for_lines(self, count: int, timeout: float) -> bool:
+        """True once at least ``count`` lines were written (False after ``timeout`` s)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.lines) >= count, timeout)
+
+    def wait_for_warnings(self, count: int, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.warnings()) >= count, timeout)
+
 def ros_args(params: dict[str, object]) -> list[str]:
     out = ["--ros-args"]
     for name, value in params.items():

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from fixtures_node import LogLines
 from fixtures_stream import OracleTeacher, make_video, tiny_config, tiny_model
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -51,27 +52,6 @@ class RecordingSession(Session):
         super().restart_stream()
 
 
-class Lines:
-    """The node's ROS logger, as text lines by level."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-        self.logged = threading.Semaphore(0)          # released once per line
-
-    def _add(self, level: str, message: str) -> None:
-        self.lines.append((level, message))
-        self.logged.release()
-
-    def info(self, message: str) -> None:
-        self._add("info", message)
-
-    def warning(self, message: str) -> None:
-        self._add("warning", message)
-
-    def error(self, message: str) -> None:
-        self._add("error", message)
-
-
 class Rig:
     """A data path on a real session, with everything it sends recorded."""
 
@@ -85,7 +65,7 @@ class Rig:
         self.configured = configured
         self.published: list[tuple[str, Image]] = []
         self.statuses = 0
-        self.log = Lines()
+        self.log = LogLines()
         self.clock = FakeClock()
         self.health = StreamHealth(log_period=5.0, clock=self.clock)
         self.fail_publish: Exception | None = None
@@ -176,7 +156,7 @@ def test_an_unexpected_error_is_one_error_line_and_the_worker_goes_on() -> None:
         assert rig.path.running
         rig.session.close()                           # push() now raises a DittaError
         rig.path.on_image(rig.message(0))
-        assert rig.log.logged.acquire(timeout=WAIT)
+        assert rig.log.wait_for_lines(1, WAIT)
         assert rig.log.lines == [("error", "frame processing failed: internal error: "
                                   "DittaError: push() on a closed session; create a new "
                                   "Session")]
@@ -200,7 +180,7 @@ def test_a_frame_whose_images_cannot_be_published_is_counted_once() -> None:
         rig.path.start()
         rig.fail_publish = RuntimeError("publisher is gone")
         rig.path.on_image(rig.message(0))
-        assert rig.log.logged.acquire(timeout=WAIT)   # one error line, the worker goes on
+        assert rig.log.wait_for_lines(1, WAIT)        # one error line, the worker goes on
         assert rig.log.lines == [("error", "publishing the images of a processed frame "
                                   "failed: RuntimeError: publisher is gone")]
         rig.fail_publish = None

@@ -4,10 +4,9 @@ while nothing is loaded. A real Session (tiny seeded SegFormer, failing oracle t
 
 from __future__ import annotations
 
-import threading
-
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from fixtures_node import LogLines
 from fixtures_stream import OracleTeacher, frames_of, make_video, tiny_config, tiny_model
 
 from ditta_ros.engine.session import Session
@@ -19,39 +18,10 @@ from ditta_ros.ros.stream_health import StreamHealth
 WAIT = 60.0
 
 
-class Lines:
-    """The node's ROS logger, as text lines by level; ``wait_for`` waits on them."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-        self._cond = threading.Condition()
-
-    def _add(self, level: str, message: str) -> None:
-        with self._cond:
-            self.lines.append((level, message))
-            self._cond.notify_all()
-
-    def info(self, message: str) -> None:
-        self._add("info", message)
-
-    def warning(self, message: str) -> None:
-        self._add("warning", message)
-
-    def error(self, message: str) -> None:
-        self._add("error", message)
-
-    def warnings(self) -> list[str]:
-        return [line for level, line in self.lines if level == "warning"]
-
-    def wait_for_warnings(self, count: int, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: len(self.warnings()) >= count, timeout)
-
-
 class Rig:
     def __init__(self) -> None:
         self.view = NodeView("unconfigured", None, "")
-        self.log = Lines()
+        self.log = LogLines()
         self.status: list[AdaptationStatus] = []
         self.diagnostics: list[DiagnosticArray] = []
         self.health = StreamHealth()
