@@ -44,6 +44,7 @@ from ditta_ros.engine.checkpoints import build_model
 from ditta_ros.engine.fusion import StreamPredictor, clip_output, frame_output
 from ditta_ros.engine.model import DittaModel
 from ditta_ros.engine.output_stage import OutputBuffers
+from ditta_ros.engine.precision import autocast
 from ditta_ros.engine.preprocess import prepare
 from ditta_ros.engine.runner import run_w2f
 from ditta_ros.synthetic import SyntheticVideo
@@ -183,6 +184,12 @@ def _output_labels(logits: torch.Tensor, addon: torch.Tensor | None, input_hw: t
                         buffers=buffers).labels.cpu().numpy()
 
 
+def _at_precision(precision: str, device: torch.device, fn: Callable[..., Any],
+                  *args: Any) -> Any:
+    with autocast(device, precision):
+        return fn(*args)
+
+
 def bench_components(model: DittaModel, model_config: ModelConfig, fusion: FusionConfig,
                      frames: list[np.ndarray], device: torch.device,
                      repeats: int) -> dict[str, float]:
@@ -204,10 +211,15 @@ def bench_components(model: DittaModel, model_config: ModelConfig, fusion: Fusio
             start = time.perf_counter()
             x = torch.from_numpy(prepare(frame)).unsqueeze(0).to(device)
             t["prepare"] = time.perf_counter() - start
-            t["network"], _ = timed(partial(model.iss.forward_features, x), device, memory)
-            feats, logits = model.iss.forward_features(x)
-            t["addon"], _ = timed(partial(model.addon, feats, f_prev, l_prev), device, memory)
-            addon = model.addon(feats, f_prev, l_prev)
+            # The network and the add-on at model.precision, as StreamPredictor runs them.
+            t["network"], _ = timed(partial(_at_precision, model_config.precision, device,
+                                            model.iss.forward_features, x), device, memory)
+            feats, logits = _at_precision(model_config.precision, device,
+                                          model.iss.forward_features, x)
+            t["addon"], _ = timed(partial(_at_precision, model_config.precision, device,
+                                          model.addon, feats, f_prev, l_prev), device, memory)
+            addon = _at_precision(model_config.precision, device, model.addon, feats, f_prev,
+                                  l_prev)
             t["output_plain"], _ = timed(
                 partial(_output_labels, logits, None, input_hw, frame_hw, fusion.tau,
                         plain_buffers), device, memory)
