@@ -90,24 +90,23 @@ def class_argmax(probs: Tensor, scratch: Scratch | None = None) -> Tensor:
     count: where exactly one class reaches the maximum (integers below 2^24, one non-zero
     term: exact) that sum is the label. Pixels with a tie or a NaN (count != 1) are re-done
     by torch's argmax. Finding those pixels needs the host, so other devices use torch's
-    argmax (fast there). With a ``scratch`` the marks live in its buffers.
+    argmax (fast there). The marks live in the buffers of ``scratch`` (kept by the caller)
+    or of a temporary one.
     """
     if probs.device.type != "cpu":
         return probs.argmax(dim=1)[0]
+    scratch = scratch if scratch is not None else Scratch()
     classes = int(probs.shape[1])
     flat = probs.reshape(classes, -1)                               # (C, h W)
+    n = int(flat.shape[1])
     weights = torch.stack([torch.arange(classes, dtype=torch.float32),
                            torch.ones(classes, dtype=torch.float32)])  # (2, C)
-    if scratch is None:
-        hits = torch.eq(flat, flat.amax(dim=0, keepdim=True)).to(torch.float32)  # 1.0 at max
-        index_count = weights @ hits                               # (2, h W)
-    else:
-        n = int(flat.shape[1])
-        top = torch.amax(flat, dim=0, keepdim=True,
-                         out=scratch.take("class max", (1, n), flat.device))
-        hits = torch.eq(flat, top, out=scratch.take("class hits", (classes, n), flat.device))
-        index_count = torch.matmul(weights, hits,
-                                   out=scratch.take("class sums", (2, n), flat.device))
+    top = torch.amax(flat, dim=0, keepdim=True,
+                     out=scratch.take("class max", (1, n), flat.device))
+    hits = torch.eq(flat, top,                                     # 1.0 at each maximum
+                    out=scratch.take("class hits", (classes, n), flat.device))
+    index_count = torch.matmul(weights, hits,                      # (2, h W)
+                               out=scratch.take("class sums", (2, n), flat.device))
     labels = index_count[0].long()
     odd = (index_count[1] != 1).nonzero().squeeze(1)               # ties, NaN
     if odd.numel() > 0:

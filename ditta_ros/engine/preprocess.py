@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ditta_ros.engine.scratch import Scratch, upsample_bilinear_into
+from ditta_ros.engine.scratch import Scratch
 from ditta_ros.errors import InputError
 
 # ImageNet statistics on the 0-255 scale, in RGB order (mmseg's SegFormer pipeline).
@@ -279,11 +279,10 @@ class FrameRows:
         reads the rows where they are (a slice of the previous step needs no copy)."""
         batch, classes, rows, _ = x.shape
         flat = x.flatten(0, 1)                              # (B C, rows, w), a view
-        if out is None and self._scratch is None:
-            return F.interpolate(flat, size=out_w, mode="linear",
-                                 align_corners=False).view(batch, classes, rows, out_w)
         if out is None:
-            assert self._scratch is not None
+            if self._scratch is None:
+                return F.interpolate(flat, size=out_w, mode="linear",
+                                     align_corners=False).view(batch, classes, rows, out_w)
             out = self._scratch.take(f"step {k} output", (batch, classes, rows, out_w),
                                      x.device)
         torch.ops.aten.upsample_linear1d.out(flat, [out_w], False, None,
@@ -292,10 +291,11 @@ class FrameRows:
 
     def _upsample(self, k: int, x: Tensor, size: tuple[int, int]) -> Tensor:
         """Bilinear step k of input rows ``x`` to ``size``: F.interpolate's numbers, in the
-        scratch's buffers when there is one."""
+        scratch's buffers when there is one (the same ATen operator, output size given, no
+        scale factors, through its ``out`` overload in the public ``torch.ops.aten``)."""
         if self._scratch is None:
             return F.interpolate(x.contiguous(), size=size, mode="bilinear",
                                  align_corners=False)
         x = self._scratch.contiguous(f"step {k} input", x)
         out = self._scratch.take(f"step {k} output", tuple(x.shape[:2]) + size, x.device)
-        return upsample_bilinear_into(x, size, out)
+        return torch.ops.aten.upsample_bilinear2d.out(x, list(size), False, None, None, out=out)

@@ -56,14 +56,11 @@ def entropy_into(probs: Tensor, out: Tensor, scratch: Scratch | None = None) -> 
     (a float32 softmax underflowing to 0). The class sum runs in pieces that make the
     result independent of the number of threads (:func:`_class_sum_into`), so the same
     probabilities give the same entropy in every process, and a band of rows gives the
-    numbers of the whole map. With a :class:`~ditta_ros.engine.scratch.Scratch` the
-    C x h x W terms are computed in its buffers (same numbers, no new tensor per call).
+    numbers of the whole map. The C x h x W terms are computed in the buffers of
+    ``scratch`` (kept by the caller: no new tensor per call) or of a temporary one.
     """
-    if scratch is None:
-        plogp = torch.log(probs).mul_(probs).masked_fill_(probs == 0, 0.0)  # (B, C, h, W)
-        _class_sum_into(plogp, out)
-        return out.neg_()
-    plogp = scratch.take("p log p", tuple(probs.shape), probs.device)
+    scratch = scratch if scratch is not None else Scratch()
+    plogp = scratch.take("p log p", tuple(probs.shape), probs.device)      # (B, C, h, W)
     torch.log(probs, out=plogp).mul_(probs)
     if probs.device.type == "cpu":
         # The mask changes a term only where p == 0 (0 * -inf = NaN there), and such a NaN

@@ -59,13 +59,3 @@ class Scratch:
         """Free every buffer; the next :meth:`take` allocates again."""
         self._buffers.clear()
 
-
-def upsample_bilinear_into(x: Tensor, size: tuple[int, int], out: Tensor) -> Tensor:
-    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` written into ``out``
-    ((B, C) + size, contiguous): the same ATen operator (``upsample_bilinear2d``, output
-    size given, no scale factors), called through its ``out`` overload in the public
-    ``torch.ops.aten`` operator namespace, so the numbers are F.interpolate's bit for bit
-    (test_fusion) without a new C x rows x W tensor per band."""
-    torch.ops.aten.upsample_bilinear2d.out(x, [int(size[0]), int(size[1])], False, None, None,
-                                           out=out)
-    return out
