@@ -62,6 +62,24 @@ def test_forward_features_shapes_and_match_transformers(model: Any) -> None:
     torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
 
 
+def test_classifier_runs_in_float32_under_bf16_autocast(model: Any) -> None:
+    x = _input()
+    model.eval()
+    head = model.iss.model.decode_head
+    with torch.no_grad():
+        plain_feats, plain_logits = model.iss.forward_features(x)
+        assert torch.equal(plain_logits, head.classifier(plain_feats))  # fp32: unchanged
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feats, logits = model.iss.forward_features(x)
+            in_bf16 = head.classifier(feats)      # what autocast alone would give
+        expected = head.classifier(feats.float())  # float32 weights, bf16 features
+    assert feats.dtype == torch.bfloat16              # the network itself ran in bf16
+    assert in_bf16.dtype == torch.bfloat16
+    assert logits.dtype == torch.float32
+    assert torch.equal(logits, expected)
+    assert not torch.equal(logits, in_bf16.float())   # 8 significant bits were kept before
+
+
 def test_decoder_dropout_drops_whole_channels() -> None:
     m = build_model(tiny_config(dropout=0.5), "cpu").train()
     captured: list[torch.Tensor] = []

@@ -2,10 +2,11 @@
 
 fp32 runs everything in float32. bf16 and fp16 run the ISS network, the temporal add-on,
 SAM2 (stage B) and the stage C forward passes under ``torch.autocast`` with that dtype;
-weights stay float32 (the optimiser updates float32 master weights) and everything that
-decides something is taken in float32 from float32 copies of the logits: the losses and
-their reductions, stage A's labels and reliabilities, stage D's upsampling, softmax,
-reliabilities and fusion.
+weights stay float32 (the optimiser updates float32 master weights). The classifier, the
+last layer, runs in float32 from the bfloat16/float16 features, so the logits are float32
+(a bf16 logit has 8 significant bits: enough to flip near-tie labels); everything that
+decides something is taken in float32 from them: the losses and their reductions, stage
+A's labels and reliabilities, stage D's upsampling, softmax, reliabilities and fusion.
 
 SAM2 on CUDA runs under bfloat16 autocast also at fp32, as the paper's code does
 (ALGORITHM.md, stage B); fp16 gives it float16 there.
