@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench.common import markdown_table, write_results  # noqa: E402
+from common import markdown_table, parse_size, write_results  # noqa: E402
 from ditta_ros.config import ModelConfig  # noqa: E402
 from ditta_ros.engine.attention import local_attention  # noqa: E402
 from ditta_ros.engine.checkpoints import build_model  # noqa: E402
@@ -45,14 +45,6 @@ from ditta_ros.engine.model import DEFAULT_WINDOW_RADIUS  # noqa: E402
 
 # SegFormer's decoder width per MiT size (the released checkpoints').
 EMBED_DIM = {"tiny": 256, "b0": 256, "b1": 256, "b2": 768, "b3": 768, "b4": 768, "b5": 768}
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, got {text!r}") from exc
-    return h, w
 
 
 def count(fn: Any) -> int:
@@ -118,7 +110,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", nargs="+", default=["b0", "b5"], choices=sorted(EMBED_DIM))
-    p.add_argument("--input", type=_size, default=(480, 864),
+    p.add_argument("--input", type=parse_size, default=(480, 864),
                    help="network input HxW (VSPW 480 x 854 frames fit to 480 x 864)")
     p.add_argument("--num-classes", type=int, default=124)
     p.add_argument("--out", type=Path, default=Path("bench/results"))

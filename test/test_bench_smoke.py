@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import bench_adaptation  # noqa: E402
+import bench_flops  # noqa: E402
 import bench_load  # noqa: E402
 import bench_node  # noqa: E402
 import common  # noqa: E402
@@ -102,6 +103,21 @@ def test_adaptation_bench_reports_every_stage_for_each_case() -> None:
 
 
 @pytest.mark.slow
+def test_flop_count_of_the_addon_is_its_formula() -> None:
+    out = bench_flops.count_variant("tiny", (64, 96), 8)
+    h, w, d = 16, 24, out["embed_dim"]
+    assert out["addon_mlps"] == 4 * 2 * h * w * d * d          # 4 linear layers D x D
+    # Tiled attention: 2 x 3 tiles of 8 x 8 queries, each against 18 x 18 keys, scores (D)
+    # and the value sum (C classes).
+    assert out["addon_attention"] == 2 * 6 * 64 * 18 * 18 * (d + 8)
+    assert out["addon_attention_window"] == 2 * h * w * 121 * (d + 8)
+    assert out["addon"] == out["addon_mlps"] + out["addon_attention"]
+    assert 0 < out["encoder"] < out["network"]
+    assert out["floor"] == pytest.approx(1 + out["addon"] / out["network"])
+    text = bench_flops.to_markdown({"command": "x", "variants": [out]})
+    assert "| tiny (D 256) |" in text
+
+
 def test_node_bench_measures_each_frame_over_dds() -> None:
     out = bench_node.run_node_bench([(48, 64)], frames=2, warmup=1, **TINY_NODE)
     (row,) = out["sizes"]

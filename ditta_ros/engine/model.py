@@ -235,9 +235,11 @@ class SegformerISS(nn.Module):
         what the bfloat16 encoder and decoder change; the layer is 1/17 of a B0's products.
         At fp32 (no autocast) this is the plain classifier call, the same numbers."""
         x = head.dropout(features)
-        if not torch.is_autocast_enabled(features.device.type):
+        device_type = features.device.type
+        if not (torch.amp.is_autocast_available(device_type)
+                and torch.is_autocast_enabled(device_type)):
             return head.classifier(x)  # (B, C, h, w)
-        with torch.autocast(features.device.type, enabled=False):
+        with torch.autocast(device_type, enabled=False):
             return head.classifier(x.float())  # (B, C, h, w) float32
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
