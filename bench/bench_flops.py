@@ -38,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import markdown_table, parse_size, write_results  # noqa: E402
+
 from ditta_ros.config import ModelConfig  # noqa: E402
 from ditta_ros.engine.attention import local_attention  # noqa: E402
 from ditta_ros.engine.checkpoints import build_model  # noqa: E402

@@ -7,6 +7,7 @@ pipeline (kept here as the reference): every number the same, bit for bit."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from typing import Iterator
 
@@ -480,3 +481,22 @@ def test_output_stage_names_how_a_frame_size_is_computed() -> None:
     assert stream.output_stage((480, 640)) == "row-tiled (eager)"
     wide = stream.output_stage((720, 1280))                               # 480 -> 720 rows
     assert wide.startswith("row-tiled (eager)") and "480->720" in wide
+
+
+def test_low_precision_on_a_cpu_without_its_units_warns_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Against this machine's real /proc/cpuinfo: a warning exactly when it lacks bf16 units.
+    from ditta_ros.engine import precision
+    precision._warn_emulated.cache_clear()
+    native = precision.cpu_has_native_units(torch.bfloat16)
+    with caplog.at_level(logging.WARNING, logger="ditta_ros.engine.precision"):
+        for _ in range(3):
+            precision.check_precision("bf16", "cpu")
+        precision.check_precision("fp32", "cpu")
+    lines = [r.getMessage() for r in caplog.records]
+    if native is False:
+        assert len(lines) == 1
+        assert "model.precision = 'bf16'" in lines[0] and "Set model.precision to fp32" in lines[0]
+        assert "amx_bf16/avx512_bf16/bf16" in lines[0]
+    else:
+        assert lines == []

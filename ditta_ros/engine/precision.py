@@ -15,11 +15,23 @@ SAM2 on CUDA runs under bfloat16 autocast also at fp32, as the paper's code does
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 from typing import ContextManager
 
 import torch
 
 from ditta_ros.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# CPU flags (/proc/cpuinfo: "flags" on x86, "Features" on Arm) of native units per dtype:
+# AVX-512 BF16 and AMX on x86, the BF16 extension on Arm; AVX-512 FP16 / AMX-FP16, and Arm's
+# half-precision arithmetic.
+NATIVE_CPU_FLAGS: dict[torch.dtype, frozenset[str]] = {
+    torch.bfloat16: frozenset({"avx512_bf16", "amx_bf16", "bf16"}),
+    torch.float16: frozenset({"avx512_fp16", "amx_fp16", "fphp", "asimdhp"}),
+}
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
@@ -46,6 +58,44 @@ def check_precision(precision: str, device: torch.device | str) -> None:
     if dtype is torch.bfloat16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"ModelConfig.precision = 'bf16': the GPU {dev} has no bfloat16 "
                           "support; set precision to fp16 or fp32")
+    if dev.type == "cpu" and cpu_has_native_units(dtype) is False:
+        _warn_emulated(precision, dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str] | None:
+    """This CPU's feature flags from /proc/cpuinfo; None where there is no such file."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    flags.update(value.split())
+    except OSError:
+        return None
+    return frozenset(flags)
+
+
+def cpu_has_native_units(dtype: torch.dtype) -> bool | None:
+    """Whether this CPU computes ``dtype`` natively (:data:`NATIVE_CPU_FLAGS`); None when
+    unknown (no /proc/cpuinfo, or a dtype without a flag list)."""
+    flags = cpu_flags()
+    wanted = NATIVE_CPU_FLAGS.get(dtype)
+    if flags is None or wanted is None:
+        return None
+    return bool(flags & wanted)
+
+
+@functools.cache
+def _warn_emulated(precision: str, dtype: torch.dtype) -> None:
+    # Once per process and precision: every predictor and adaptation checks its precision.
+    logger.warning(
+        "model.precision = %r on a CPU without %s units (none of %s in /proc/cpuinfo): "
+        "torch emulates it, many times slower than fp32 (BENCHMARKS.md: a B0 frame 8x; a B5 "
+        "frame did not finish in 45 min, its 1x1 convolutions fall back to a scalar loop). "
+        "Set model.precision to fp32 on this machine.", precision, precision,
+        "/".join(sorted(NATIVE_CPU_FLAGS[dtype])))
 
 
 def autocast(device: torch.device | str, precision: str) -> ContextManager[object]:
