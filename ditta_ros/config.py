@@ -85,9 +85,11 @@ class ModelConfig(_Section):
         "cpu", "Torch device of the ISS model and head: cpu, cuda, cuda:N.", read_only=True)
     precision: str = setting(
         "fp32", "Compute precision of the ISS network, the add-on, SAM2 (stage B) and the "
-        "stage C steps: fp32, or bf16/fp16 autocast (float32 weights, losses, reliabilities "
-        "and fusion). bf16 pays off on GPUs and on CPUs with bf16 matrix units (AMX); "
-        "fp16 is meant for GPUs.", choices=("fp32", "bf16", "fp16"), read_only=True)
+        "stage C steps: fp32, or bf16/fp16 autocast (float32 weights, classifier, losses, "
+        "reliabilities and fusion). bf16 pays off on GPUs and on CPUs with bf16 matrix units "
+        "(AMX); fp16 is meant for GPUs. On a CPU without such units torch emulates them, "
+        "many times slower than fp32, and a warning says so.",
+        choices=("fp32", "bf16", "fp16"), read_only=True)
     attention_implementation: str = setting(
         "sdpa", "SegFormer encoder attention: sdpa (torch's fused kernel, faster) or eager "
         "(matmul-softmax-matmul, bit-identical to the paper's MiT; sdpa differs by ~1e-6 "

@@ -186,6 +186,16 @@ class Harness:
     topics: dict[str, Collector] = field(default_factory=dict)
     image_pub: Any = None
     compressed_pub: Any = None
+    # One service client per service for the harness's life: a client created and destroyed
+    # per call had to be discovered anew each time, and once in a full run the node's
+    # change_state stayed undiscovered for 60 s.
+    service_clients: dict[str, Any] = field(default_factory=dict)
+
+    def _service_client(self, srv_type: Any, name: str) -> Any:
+        proxy = self.service_clients.get(name)
+        if proxy is None:
+            proxy = self.service_clients[name] = self.client.create_client(srv_type, name)
+        return proxy
 
     def send(self, t: int, image: np.ndarray | None = None, frame_id: str = "camera") -> Header:
         """Publish frame t of the video (or ``image``, BGR) stamped 1000 + t s."""
@@ -226,14 +236,16 @@ class Harness:
                 if m.lifecycle_label != "finalized"]
 
     def call(self, service: str, timeout: float = 10.0) -> Trigger.Response:
-        return call_service(self.client, Trigger, f"/ditta_node/{service}", Trigger.Request(),
-                            timeout)
+        name = f"/ditta_node/{service}"
+        return call_service(self.client, Trigger, name, Trigger.Request(), timeout,
+                            self._service_client(Trigger, name))
 
     def change_state(self, transition: int, timeout: float = 60.0) -> bool:
         request = ChangeState.Request()
         request.transition = Transition(id=transition)
-        response = call_service(self.client, ChangeState, "/ditta_node/change_state", request,
-                                timeout)
+        name = "/ditta_node/change_state"
+        response = call_service(self.client, ChangeState, name, request, timeout,
+                                self._service_client(ChangeState, name))
         return bool(response.success)
 
     def latest_status(self, timeout: float = 10.0) -> AdaptationStatus:
@@ -244,9 +256,14 @@ class Harness:
         return self.topics["status"].snapshot()[-1]
 
 
-def call_service(client: Node, srv_type: Any, name: str, request: Any, timeout: float) -> Any:
-    """Call a service from a spinning client node; waits on an event, never sleeps."""
-    proxy = client.create_client(srv_type, name)
+def call_service(client: Node, srv_type: Any, name: str, request: Any, timeout: float,
+                 proxy: Any = None) -> Any:
+    """Call a service from a spinning client node; waits on an event, never sleeps. With
+    ``proxy`` (a client of ``client`` kept by the caller) that client is used and kept,
+    else one is made for this call."""
+    owned = proxy is None
+    if proxy is None:
+        proxy = client.create_client(srv_type, name)
     try:
         assert proxy.wait_for_service(timeout_sec=timeout), f"service {name} not available"
         done = threading.Event()
@@ -255,7 +272,8 @@ def call_service(client: Node, srv_type: Any, name: str, request: Any, timeout: 
         assert done.wait(timeout), f"service {name} did not answer within {timeout} s"
         return future.result()
     finally:
-        client.destroy_client(proxy)
+        if owned:
+            client.destroy_client(proxy)
 
 
 @contextmanager
