@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import markdown_table, parse_size, write_results  # noqa: E402
+from common import command_line, markdown_table, parse_size, write_results  # noqa: E402
 
 from ditta_ros.config import ModelConfig  # noqa: E402
 from ditta_ros.engine.attention import local_attention  # noqa: E402
@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=124)
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     args = p.parse_args(argv)
-    command = "python bench/bench_flops.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    result = {"command": command.strip(),
+    result = {"command": command_line("bench/bench_flops.py", argv),
               "variants": [count_variant(v, args.input, args.num_classes)
                            for v in args.variants]}
     markdown = to_markdown(result)

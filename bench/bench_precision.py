@@ -36,20 +36,9 @@ from ditta_ros.engine.checkpoints import build_model  # noqa: E402
 from ditta_ros.engine.fusion import StreamPredictor  # noqa: E402
 from ditta_ros.engine.model import DittaModel  # noqa: E402
 from ditta_ros.engine.output_stage import frame_output  # noqa: E402
-from ditta_ros.engine.precision import autocast  # noqa: E402
+from ditta_ros.engine.precision import autocast, cpu_flags  # noqa: E402
 from ditta_ros.engine.preprocess import prepare  # noqa: E402
 from ditta_ros.synthetic import SyntheticVideo  # noqa: E402
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def sharpen(model: DittaModel) -> DittaModel:
@@ -98,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     height, width = (int(v) for v in args.frame_size.split("x"))
-    flags = cpu_flags()
+    flags = cpu_flags() or frozenset()
     units = sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16", "avx512f"})
     print(f"CPU bf16/AMX flags: {units or 'none'}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, capability "
